@@ -1,1 +1,38 @@
+"""MONAI-style transforms (array + dictionary pairs) of fewshot-monai."""
 
+from fewshot_monai.transforms.intensity import INTENSITY_PRESETS, IntensityPreset, IntensityPresetd
+from fewshot_monai.transforms.labels import SelectOrgan, SelectOrgand, chunk_centres, chunk_slices, organ_z_extent
+from fewshot_monai.transforms.slicing import VolumeToSlices, VolumeToSlicesd, slices_to_volume, volume_to_slices
+from fewshot_monai.transforms.validation import (
+    CheckGeometryd,
+    EnsureVolume,
+    EnsureVolumed,
+    check_finite,
+    check_geometry,
+    check_label_values,
+    check_volume,
+    source_of,
+)
+
+__all__ = [
+    "INTENSITY_PRESETS",
+    "IntensityPreset",
+    "IntensityPresetd",
+    "SelectOrgan",
+    "SelectOrgand",
+    "organ_z_extent",
+    "chunk_slices",
+    "chunk_centres",
+    "VolumeToSlices",
+    "VolumeToSlicesd",
+    "volume_to_slices",
+    "slices_to_volume",
+    "EnsureVolume",
+    "EnsureVolumed",
+    "CheckGeometryd",
+    "check_volume",
+    "check_finite",
+    "check_geometry",
+    "check_label_values",
+    "source_of",
+]

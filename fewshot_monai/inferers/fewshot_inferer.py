@@ -1,0 +1,142 @@
+"""A MONAI inferer that segments a 3D query volume from labelled support volumes with a 2D few-shot network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import Inferer
+
+from fewshot_monai.inferers.protocol import FewShotContext, FewShotSliceProtocol, support_set_from_stacks
+from fewshot_monai.transforms.slicing import slices_to_volume, volume_to_slices
+from fewshot_monai.transforms.validation import source_of
+
+__all__ = ["FewShotVolumeInferer"]
+
+RefinementStage = Callable[[Any, FewShotSliceProtocol, FewShotContext], torch.Tensor]
+
+
+def _as_volume_list(volumes, name: str) -> list[torch.Tensor]:
+    """Accept one (C, X, Y, Z) volume, a (K, C, X, Y, Z) batch or a sequence of volumes."""
+    if isinstance(volumes, torch.Tensor):
+        if volumes.ndim == 4:
+            return [volumes]
+        if volumes.ndim == 5:
+            return list(volumes)
+        raise ValueError(f"{name} must be (C, X, Y, Z) or (K, C, X, Y, Z), got shape {tuple(volumes.shape)}")
+    volumes = list(volumes)
+    if not volumes:
+        raise ValueError(f"{name} is empty")
+    return volumes
+
+
+def _per_query_ranges(query_z_range, n_queries: int) -> list:
+    """One (first, last) range (or None) per query: a single pair applies to every query."""
+    if query_z_range is None:
+        return [None] * n_queries
+    pairs = list(query_z_range)
+    if len(pairs) == 2 and all(isinstance(v, (int, np.integer)) for v in pairs):
+        return [tuple(int(v) for v in pairs)] * n_queries
+    if len(pairs) != n_queries:
+        raise ValueError(f"got {len(pairs)} query_z_range entries for {n_queries} query volumes")
+    return pairs
+
+
+class FewShotVolumeInferer(Inferer):
+    """Segment 3D query volumes slice by slice from one or more labelled support volumes.
+
+    The query and every support volume are cut into axial slices (resized in plane to ``spatial_size``); the
+    support organ's extent is split into ``n_chunks`` chunks whose centre slices are the support slices, and each
+    query chunk is segmented from the same-index support slice(s) (SSL-ALPNet's protocol, see
+    :mod:`fewshot_monai.inferers.protocol`). The query organ range is either given (``query_z_range``, e.g. from a
+    label in an evaluation: EP1) or estimated from a first pass (``z_range="estimate"``: EP2, nothing from the
+    query's label is used). An optional ``refinement`` stage (inference-time pseudo-labelling) receives the plain
+    result with the cached query features and returns new probabilities.
+
+    Args:
+        n_chunks: chunks per organ extent (3 in SSL-ALPNet).
+        z_range: ``"estimate"`` (default) or ``"given"`` (then every call must pass ``query_z_range``).
+        spatial_size: in-plane size of the slices the network sees.
+        batch_size: slices per network call.
+        refinement: optional stage ``(network, protocol, context) -> (Z, 2, H, W)`` probabilities.
+
+    Call:
+        ``inferer(inputs, network, support_images=..., support_masks=..., query_z_range=None)`` where
+        ``inputs`` is the query, ``(B, 1, X, Y, Z)`` or ``(1, X, Y, Z)``, z-scored like the supports;
+        ``support_images``/``support_masks`` are one ``(1, X', Y', Z')`` volume or a sequence of them (k-shot),
+        masks binary. Returns foreground/background probabilities ``(B, 2, X, Y, Z)`` in the query's geometry
+        (a ``MetaTensor`` with the query's meta when the query is one). After a call, ``last_contexts`` holds the
+        per-query :class:`~fewshot_monai.inferers.protocol.FewShotContext` (diagnostics, estimated range).
+    """
+
+    def __init__(
+        self,
+        n_chunks: int = 3,
+        z_range: str = "estimate",
+        spatial_size: int = 256,
+        batch_size: int = 8,
+        refinement: RefinementStage | None = None,
+    ) -> None:
+        if z_range not in ("estimate", "given"):
+            raise ValueError(f"z_range must be 'estimate' or 'given', got {z_range!r}")
+        self.protocol = FewShotSliceProtocol(n_chunks=n_chunks, batch_size=batch_size)
+        self.z_range = z_range
+        self.spatial_size = spatial_size
+        self.refinement = refinement
+        self.last_contexts: list[FewShotContext] = []
+
+    def support_set(self, support_images, support_masks):
+        """The chunk-centre support slices of the given support volumes."""
+        images = _as_volume_list(support_images, "support_images")
+        masks = _as_volume_list(support_masks, "support_masks")
+        if len(images) != len(masks):
+            raise ValueError(f"got {len(images)} support images but {len(masks)} support masks")
+        image_stacks = [volume_to_slices(img, self.spatial_size, 3, "bilinear").float() for img in images]
+        mask_stacks = [(volume_to_slices(m, self.spatial_size, 1, "nearest") > 0).float() for m in masks]
+        sources = [source_of(m) or source_of(img) or f"support volume {k}" for k, (img, m) in enumerate(zip(images, masks))]
+        return support_set_from_stacks(image_stacks, mask_stacks, self.protocol.n_chunks, sources)
+
+    @torch.no_grad()
+    def segment_one(self, query: torch.Tensor, network, support, query_z_range=None) -> tuple[torch.Tensor, FewShotContext]:
+        """Probabilities (2, X, Y, Z) for one query volume (1, X, Y, Z) and its context."""
+        if query.ndim != 4:
+            raise ValueError(f"query must be (C, X, Y, Z), got shape {tuple(query.shape)}")
+        if self.z_range == "given" and query_z_range is None:
+            raise ValueError("z_range='given' needs query_z_range=(first, last) for every query")
+        stack = volume_to_slices(query, self.spatial_size, 3, "bilinear").float()
+        z_range = query_z_range if self.z_range == "given" else "estimate"
+        context = self.protocol(network, stack, support, z_range=z_range)
+        probabilities = context.probabilities
+        if self.refinement is not None:
+            probabilities = self.refinement(network, self.protocol, context)
+        volume = slices_to_volume(probabilities, query, mode="bilinear")
+        return volume, context
+
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network,
+        *args: Any,
+        support_images=None,
+        support_masks=None,
+        query_z_range: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if support_images is None or support_masks is None:
+            raise ValueError("FewShotVolumeInferer needs support_images=... and support_masks=...")
+        support = self.support_set(support_images, support_masks)
+        batched = inputs.ndim == 5
+        queries = list(inputs) if batched else [inputs]
+        ranges = _per_query_ranges(query_z_range, len(queries))
+        outputs, self.last_contexts = [], []
+        for query, z in zip(queries, ranges):
+            volume, context = self.segment_one(query, network, support, z)
+            outputs.append(volume)
+            self.last_contexts.append(context)
+        out = torch.stack(outputs) if batched else outputs[0][None]
+        if isinstance(inputs, MetaTensor) and not isinstance(out, MetaTensor):
+            out = MetaTensor(out, meta=inputs.meta)
+        return out

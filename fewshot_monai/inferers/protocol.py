@@ -1,0 +1,213 @@
+"""The 3D few-shot protocol on slice stacks: which support slice segments which query slice.
+
+SSL-ALPNet's evaluation protocol (Ouyang et al., ECCV 2020; "EP1" in later work): the support volume's organ
+slices are split into ``C`` contiguous chunks and the middle slice of each chunk is a support slice; the query
+organ's z-range is split the same way and every query slice in chunk ``c`` is segmented from support slice ``c``.
+With ``K`` support volumes (k-shot) chunk ``c`` is segmented from the ``K`` chunk-``c`` slices together.
+
+When the query range is unknown ("EP2", the situation of a real user), it is estimated from a first pass in which
+every query slice is scored against all support slices together, keeping the z-extent of the largest connected
+3D component of that first prediction.
+
+Everything here works on stacks of axial slices, ``(Z, 3, H, W)`` images and ``(Z, 1, H, W)`` masks, and on
+an encoder-and-bank network (:class:`fewshot_monai.networks.ALPNet`): each query slice is encoded exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from fewshot_monai.errors import EmptyMaskError
+from fewshot_monai.transforms.labels import chunk_centres, chunk_slices, organ_z_extent
+
+__all__ = ["SupportSet", "FewShotContext", "support_set_from_stacks", "estimate_z_range", "FewShotSliceProtocol"]
+
+
+@dataclass
+class SupportSet:
+    """Support slices for each chunk: ``images[c]`` (K, 3, H, W) and ``masks[c]`` (K, 1, H, W)."""
+
+    images: list[torch.Tensor]
+    masks: list[torch.Tensor]
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.images)
+
+    def all_slices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every support slice of every chunk, stacked: the k-shot support of the range-estimation pass."""
+        return torch.cat(self.images), torch.cat(self.masks)
+
+
+@dataclass
+class FewShotContext:
+    """What the protocol knows about one query after its first (plain) prediction.
+
+    Pseudo-labelling stages receive it, may add prototypes to ``banks`` and return new probabilities.
+
+    Attributes:
+        query_features: (Z, C, h, w) encoder features of every query slice, computed once.
+        chunk_of_slice: (Z,) chunk index of each query slice, -1 outside the organ range.
+        banks: one prototype bank per chunk.
+        probabilities: (Z, 2, H, W) softmax probabilities of the plain prediction (0 foreground outside the range).
+        z_range: inclusive (first, last) query slices that were scored, or None if no organ was found.
+        output_size: (H, W) of the slices.
+        diagnostics: free-form information for reports (filled by stages).
+    """
+
+    query_features: torch.Tensor
+    chunk_of_slice: torch.Tensor
+    banks: list
+    probabilities: torch.Tensor
+    z_range: tuple[int, int] | None
+    output_size: tuple[int, int]
+    diagnostics: dict = field(default_factory=dict)
+
+
+def support_set_from_stacks(
+    images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], n_chunks: int, sources: Sequence[str] | None = None
+) -> SupportSet:
+    """Pick the chunk-centre slices of each support volume (k-shot = several volumes).
+
+    Args:
+        images: per support volume a (Z, 3, H, W) slice stack.
+        masks: per support volume a (Z, 1, H, W) binary organ mask stack.
+        n_chunks: number of chunks C.
+        sources: names of the support volumes, for error messages.
+    """
+    if len(images) != len(masks) or not images:
+        raise ValueError(f"need as many support masks as images and at least one, got {len(images)} and {len(masks)}")
+    chunk_images: list[list[torch.Tensor]] = [[] for _ in range(n_chunks)]
+    chunk_masks: list[list[torch.Tensor]] = [[] for _ in range(n_chunks)]
+    for k, (img, msk) in enumerate(zip(images, masks)):
+        z_mask = msk.reshape(msk.shape[0], -1).any(dim=1).cpu().numpy()
+        if not z_mask.any():
+            raise EmptyMaskError(sources[k] if sources else f"support volume {k}", "support mask is empty")
+        first, last = organ_z_extent(z_mask)
+        for c, z in enumerate(chunk_centres(first, last, n_chunks)):
+            chunk_images[c].append(img[z])
+            chunk_masks[c].append(msk[z])
+    return SupportSet([torch.stack(x) for x in chunk_images], [torch.stack(x) for x in chunk_masks])
+
+
+def estimate_z_range(foreground: np.ndarray, min_voxels: int = 20) -> tuple[int, int] | None:
+    """Inclusive z-range of the largest 3D connected component of a (Z, H, W) binary prediction.
+
+    Returns None when no component has at least ``min_voxels`` voxels.
+    """
+    labels, n = ndimage.label(foreground)
+    if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    best = int(np.argmax(sizes))
+    if sizes[best] < min_voxels:
+        return None
+    z = np.flatnonzero((labels == best + 1).any(axis=(1, 2)))
+    return int(z[0]), int(z[-1])
+
+
+class FewShotSliceProtocol:
+    """Segment a query slice stack from a support set, chunk by chunk.
+
+    Args:
+        n_chunks: number of chunks C (3 in SSL-ALPNet).
+        batch_size: query slices encoded/scored at once.
+        estimate_min_voxels: smallest first-pass component (in slice pixels) accepted as the organ when the
+            query range is estimated.
+    """
+
+    def __init__(self, n_chunks: int = 3, batch_size: int = 8, estimate_min_voxels: int = 20) -> None:
+        if n_chunks < 1:
+            raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
+        self.n_chunks = n_chunks
+        self.batch_size = batch_size
+        self.estimate_min_voxels = estimate_min_voxels
+
+    @torch.no_grad()
+    def encode(self, network, stack: torch.Tensor) -> torch.Tensor:
+        """Encode a (Z, 3, H, W) stack in batches: (Z, C, h, w) features."""
+        return torch.cat([network.encode(stack[i : i + self.batch_size]) for i in range(0, len(stack), self.batch_size)])
+
+    @torch.no_grad()
+    def score(self, network, features: torch.Tensor, bank, output_size: tuple[int, int]) -> torch.Tensor:
+        """Softmax probabilities (N, 2, H, W) of cached features against one bank."""
+        out = [
+            torch.softmax(network.score(features[i : i + self.batch_size], bank, output_size), dim=1)
+            for i in range(0, len(features), self.batch_size)
+        ]
+        return torch.cat(out) if out else features.new_zeros((0, 2, *output_size))
+
+    def chunk_assignment(self, n_slices: int, z_range: tuple[int, int] | None) -> torch.Tensor:
+        """(Z,) chunk index per query slice, -1 outside ``z_range``."""
+        chunk = torch.full((n_slices,), -1, dtype=torch.long)
+        if z_range is not None:
+            for c, idx in enumerate(chunk_slices(z_range[0], z_range[1], self.n_chunks)):
+                chunk[torch.as_tensor(idx, dtype=torch.long)] = c
+        return chunk
+
+    @torch.no_grad()
+    def predict_chunks(self, network, context: FewShotContext) -> torch.Tensor:
+        """(Z, 2, H, W) probabilities: each in-range slice scored against its chunk's bank, background elsewhere."""
+        n = context.query_features.shape[0]
+        probs = torch.zeros((n, 2, *context.output_size), dtype=torch.float32)
+        probs[:, 0] = 1.0
+        for c, bank in enumerate(context.banks):
+            idx = torch.nonzero(context.chunk_of_slice == c).flatten()
+            if idx.numel():
+                probs[idx] = self.score(network, context.query_features[idx], bank, context.output_size)
+        return probs
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        network,
+        query: torch.Tensor,
+        support: SupportSet,
+        z_range: tuple[int, int] | None | str = "estimate",
+        query_features: torch.Tensor | None = None,
+    ) -> FewShotContext:
+        """Run the plain protocol.
+
+        Args:
+            network: an encoder-and-bank network (``encode``, ``build_bank``, ``score``), e.g. ALPNet.
+            query: (Z, 3, H, W) query slices.
+            support: the support set, ``support.n_chunks`` must equal ``n_chunks``.
+            z_range: inclusive query organ range (EP1, known from the label), or ``"estimate"`` (EP2).
+            query_features: cached features of ``query`` (skips encoding).
+
+        Returns:
+            the context, whose ``probabilities`` is the plain prediction.
+        """
+        if support.n_chunks != self.n_chunks:
+            raise ValueError(f"support set has {support.n_chunks} chunks, protocol expects {self.n_chunks}")
+        output_size = tuple(query.shape[-2:])
+        features = self.encode(network, query) if query_features is None else query_features
+        banks = [
+            network.build_bank(support_features=self.encode(network, img), support_masks=msk)
+            for img, msk in zip(support.images, support.masks)
+        ]
+        diagnostics: dict = {}
+        if isinstance(z_range, str):
+            if z_range != "estimate":
+                raise ValueError(f"z_range must be (first, last), None or 'estimate', got {z_range!r}")
+            all_images, all_masks = support.all_slices()
+            first_bank = network.build_bank(support_features=self.encode(network, all_images), support_masks=all_masks)
+            first = self.score(network, features, first_bank, output_size)
+            z_range = estimate_z_range((first[:, 1] > 0.5).cpu().numpy(), self.estimate_min_voxels)
+            diagnostics["estimated_z_range"] = z_range
+        context = FewShotContext(
+            query_features=features,
+            chunk_of_slice=self.chunk_assignment(features.shape[0], z_range),
+            banks=banks,
+            probabilities=torch.empty(0),
+            z_range=None if z_range is None else (int(z_range[0]), int(z_range[1])),
+            output_size=output_size,
+            diagnostics=diagnostics,
+        )
+        context.probabilities = self.predict_chunks(network, context)
+        return context
