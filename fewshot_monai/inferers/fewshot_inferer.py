@@ -136,7 +136,9 @@ class FewShotVolumeInferer(Inferer):
             volume, context = self.segment_one(query, network, support, z)
             outputs.append(volume)
             self.last_contexts.append(context)
-        out = torch.stack(outputs) if batched else outputs[0][None]
-        if isinstance(inputs, MetaTensor) and not isinstance(out, MetaTensor):
-            out = MetaTensor(out, meta=inputs.meta)
+        out = torch.stack([torch.as_tensor(o) for o in outputs])
+        if isinstance(inputs, MetaTensor):
+            # keep the query's (batched) meta: affine, file name and transform history, for saving and inverting
+            out = MetaTensor(out).copy_meta_from(inputs if batched else inputs[None])
+            out.is_batch = True
         return out

@@ -1,0 +1,39 @@
+"""Tiny synthetic volumes with a known answer, shared by tests (the full phantoms live in fewshot_monai.data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+
+def blob_volume(shape=(96, 96, 20), centre=(50, 44), radii=(22, 16), z=(5, 14), seed=0):
+    """A textured bright elliptic cylinder (the 'organ', label 1 on slices z[0]..z[1]) in a darker background.
+
+    Returns (image, label) as (1, X, Y, Z) MetaTensors with a 1.5 x 1.5 x 5 mm affine; the image is z-scored.
+    """
+    rng = np.random.default_rng(seed)
+    xx, yy = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    disc = ((xx - centre[0]) / radii[0]) ** 2 + ((yy - centre[1]) / radii[1]) ** 2 <= 1.0
+    label = np.zeros(shape, dtype=np.uint8)
+    label[..., z[0] : z[1] + 1] = disc[..., None]
+    image = rng.normal(0.0, 0.3, shape).astype(np.float32)
+    image += np.where(label > 0, 2.0 + 0.5 * np.sin(xx / 3.0)[..., None], -0.5 + 0.3 * np.cos(yy / 5.0)[..., None])
+    image = ((image - image.mean()) / image.std()).astype(np.float32)
+    affine = np.diag([1.5, 1.5, 5.0, 1.0])
+    return (
+        MetaTensor(torch.from_numpy(image)[None], affine=affine, meta={"filename_or_obj": f"blob_{seed}.nii.gz"}),
+        MetaTensor(torch.from_numpy(label)[None], affine=affine, meta={"filename_or_obj": f"blob_{seed}_label.nii.gz"}),
+    )
+
+
+def write_blob_case(directory, name: str, **kwargs):
+    """Write a blob volume as ``<name>.nii.gz`` and ``<name>_label.nii.gz``; returns the two paths."""
+    import nibabel as nib
+
+    image, label = blob_volume(**kwargs)
+    affine = np.asarray(image.affine)
+    image_path, label_path = directory / f"{name}.nii.gz", directory / f"{name}_label.nii.gz"
+    nib.save(nib.Nifti1Image(image[0].numpy(), affine), image_path)
+    nib.save(nib.Nifti1Image(label[0].numpy(), affine), label_path)
+    return image_path, label_path

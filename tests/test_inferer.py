@@ -1,0 +1,88 @@
+"""The 3D few-shot protocol and the MONAI inferer that runs it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot_monai.errors import EmptyMaskError
+from fewshot_monai.evaluation.metrics import dice_score
+from fewshot_monai.inferers import FewShotSliceProtocol, FewShotVolumeInferer, estimate_z_range, support_set_from_stacks
+from fewshot_monai.networks import ALPNet
+
+from .synthetic import blob_volume as _blob_volume
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return ALPNet(pretrained=True).eval()
+
+
+def test_estimate_z_range_keeps_largest_component():
+    fg = np.zeros((20, 16, 16), dtype=bool)
+    fg[4:12, 4:10, 4:10] = True  # large component, slices 4..11
+    fg[15:17, 0:2, 0:2] = True  # small one
+    assert estimate_z_range(fg) == (4, 11)
+    assert estimate_z_range(np.zeros((5, 8, 8), dtype=bool)) is None
+    assert estimate_z_range(fg[15:17], min_voxels=100) is None
+
+
+def test_support_set_picks_chunk_centres():
+    images = torch.arange(12, dtype=torch.float32).reshape(12, 1, 1, 1).expand(12, 3, 4, 4)
+    masks = torch.zeros(12, 1, 4, 4)
+    masks[2:11] = 1  # organ on slices 2..10 -> chunks [2..4], [5..7], [8..10], centres 3, 6, 9
+    support = support_set_from_stacks([images], [masks], n_chunks=3)
+    assert [int(img[0, 0, 0, 0]) for img in support.images] == [3, 6, 9]
+    with pytest.raises(EmptyMaskError, match="sup.nii.gz"):
+        support_set_from_stacks([images], [torch.zeros_like(masks)], 3, sources=["sup.nii.gz"])
+
+
+def test_identity_episode_given_range_is_accurate_and_zero_outside(net):
+    image, label = _blob_volume()
+    inferer = FewShotVolumeInferer(n_chunks=3, z_range="given", spatial_size=128)
+    probs = inferer(image[None], net, support_images=image, support_masks=label, query_z_range=(5, 14))
+    assert probs.shape == (1, 2, 96, 96, 20)
+    assert torch.allclose(probs.sum(1), torch.ones(1, 96, 96, 20), atol=1e-5)
+    pred = probs[0, 1] > 0.5
+    assert dice_score(pred, label[0] > 0) > 0.9
+    assert not pred[..., :5].any() and not pred[..., 15:].any()  # outside the range: background
+    assert torch.equal(probs.affine, image.affine)
+
+
+def test_estimated_range_without_query_label(net):
+    support_img, support_lbl = _blob_volume(seed=0)
+    query_img, query_lbl = _blob_volume(centre=(46, 48), radii=(20, 17), z=(7, 16), seed=1)
+    inferer = FewShotVolumeInferer(n_chunks=3, z_range="estimate", spatial_size=128)
+    probs = inferer(query_img[None], net, support_images=[support_img], support_masks=[support_lbl])
+    first, last = inferer.last_contexts[0].z_range
+    assert abs(first - 7) <= 1 and abs(last - 16) <= 1
+    assert dice_score(probs[0, 1] > 0.5, query_lbl[0] > 0) > 0.85
+
+
+def test_given_mode_requires_range_and_shapes_are_checked(net):
+    image, label = _blob_volume()
+    with pytest.raises(ValueError, match="query_z_range"):
+        FewShotVolumeInferer(z_range="given", spatial_size=64)(image[None], net, support_images=image, support_masks=label)
+    with pytest.raises(ValueError, match="support_images"):
+        FewShotVolumeInferer(spatial_size=64)(image[None], net)
+    with pytest.raises(EmptyMaskError, match="blob_0_label.nii.gz"):
+        FewShotVolumeInferer(spatial_size=64)(image[None], net, support_images=image, support_masks=label * 0)
+    with pytest.raises(ValueError, match="chunks"):
+        FewShotSliceProtocol(n_chunks=0)
+
+
+def test_refinement_stage_receives_cached_features(net):
+    image, label = _blob_volume()
+    seen = {}
+
+    def stage(network, protocol, context):
+        seen["features"] = context.query_features.shape
+        seen["chunks"] = context.chunk_of_slice.tolist()
+        return context.probabilities
+
+    inferer = FewShotVolumeInferer(z_range="given", spatial_size=64, refinement=stage)
+    inferer(image[None], net, support_images=image, support_masks=label, query_z_range=(5, 14))
+    assert seen["features"][0] == 20
+    assert seen["chunks"] == [-1] * 5 + [0] * 4 + [1] * 3 + [2] * 3 + [-1] * 5
