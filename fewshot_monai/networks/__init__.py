@@ -1,1 +1,43 @@
+"""Networks: EfficientNet-Lite0, feature encoders, prototypes and the prototype bank, ALPNet, losses."""
 
+from fewshot_monai.networks.alpnet import ALPNet, Alpnet, alpnet
+from fewshot_monai.networks.encoders import (
+    ENCODERS,
+    FusedFeatureEncoder,
+    Lite0Encoder,
+    ResNetEncoder2D,
+    build_encoder,
+    register_encoder,
+)
+from fewshot_monai.networks.lite0 import EfficientNetLite0, lite0_weights_path
+from fewshot_monai.networks.losses import PrototypeAlignmentLoss, WeightedCrossEntropyLoss
+from fewshot_monai.networks.prototypes import (
+    PrototypeBank,
+    downsample_masks,
+    local_prototypes,
+    masked_average_prototype,
+    pool_windows,
+    score_query,
+)
+
+__all__ = [
+    "ALPNet",
+    "Alpnet",
+    "alpnet",
+    "ENCODERS",
+    "EfficientNetLite0",
+    "FusedFeatureEncoder",
+    "Lite0Encoder",
+    "PrototypeAlignmentLoss",
+    "PrototypeBank",
+    "ResNetEncoder2D",
+    "WeightedCrossEntropyLoss",
+    "build_encoder",
+    "downsample_masks",
+    "lite0_weights_path",
+    "local_prototypes",
+    "masked_average_prototype",
+    "pool_windows",
+    "register_encoder",
+    "score_query",
+]
