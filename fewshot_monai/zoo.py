@@ -44,7 +44,10 @@ def load_model(weights: str | os.PathLike | None = None, modality: str = "mri") 
 
     path = Path(weights) if weights is not None else shipped_weights(modality)
     if path is None:
-        network = ALPNet(pretrained=True)
+        # the encoder's projection is freshly initialised: fix its seed so results are reproducible
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            network = ALPNet(pretrained=True)
         description = "ALPNet, ImageNet-pretrained EfficientNet-Lite0 encoder, no few-shot training"
     else:
         network = ALPNet(pretrained=False, weights=str(path))

@@ -23,9 +23,19 @@ def test_metadata_verifies_offline():
     if not SCHEMA.is_file():
         pytest.skip(f"offline MONAI schema not found at {SCHEMA}")
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
-         str(BUNDLE / "configs" / "metadata.json"), "--filepath", str(SCHEMA)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            str(BUNDLE / "configs" / "metadata.json"),
+            "--filepath",
+            str(SCHEMA),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "metadata is verified with no error" in result.stdout + result.stderr
@@ -41,13 +51,19 @@ def test_inference_config_segments_query_folder(tmp_path):
 
     parser = ConfigParser()
     parser.read_config(BUNDLE / "configs" / "inference.yaml")
-    parser.update({
-        "bundle_root": str(BUNDLE), "support_image": str(support_image), "support_label": str(support_label),
-        "organ_id": 1, "query_images": str(queries), "output_dir": str(out), "intensity": "none",
-        "spatial_size": 128,
-    })
-    for expr in parser.get_parsed_content("initialize"):
-        pass
+    parser.update(
+        {
+            "bundle_root": str(BUNDLE),
+            "support_image": str(support_image),
+            "support_label": str(support_label),
+            "organ_id": 1,
+            "query_images": str(queries),
+            "output_dir": str(out),
+            "intensity": "none",
+            "spatial_size": 128,
+        }
+    )
+    parser.get_parsed_content("initialize")  # evaluates the expressions (set_determinism)
     parser.get_parsed_content("evaluator").run()
 
     written = out / "query_seg.nii.gz"

@@ -64,7 +64,9 @@ def test_estimated_range_without_query_label(net):
 def test_given_mode_requires_range_and_shapes_are_checked(net):
     image, label = _blob_volume()
     with pytest.raises(ValueError, match="query_z_range"):
-        FewShotVolumeInferer(z_range="given", spatial_size=64)(image[None], net, support_images=image, support_masks=label)
+        FewShotVolumeInferer(z_range="given", spatial_size=64)(
+            image[None], net, support_images=image, support_masks=label
+        )
     with pytest.raises(ValueError, match="support_images"):
         FewShotVolumeInferer(spatial_size=64)(image[None], net)
     with pytest.raises(EmptyMaskError, match="blob_0_label.nii.gz"):

@@ -324,3 +324,15 @@ def test_chunk_properties_and_errors():
         chunk_slices(5, 4, 2)
     with pytest.raises(ValueError, match="n_chunks must be >= 1"):
         chunk_centres(0, 4, 0)
+
+
+def test_merge_organ_probabilities_lets_the_more_probable_organ_win():
+    from fewshot_monai.transforms import merge_organ_probabilities
+
+    liver = torch.tensor([[0.9, 0.6, 0.2, 0.4]])
+    kidney = torch.tensor([[0.7, 0.8, 0.1, 0.45]])
+    merged = merge_organ_probabilities({6: liver, 2: kidney})
+    assert merged.dtype == torch.uint8
+    assert merged.tolist() == [[6, 2, 0, 0]]
+    with pytest.raises(ValueError, match="no organ"):
+        merge_organ_probabilities({})

@@ -67,7 +67,9 @@ class FewShotVolumeInferer(Inferer):
         ``inferer(inputs, network, support_images=..., support_masks=..., query_z_range=None)`` where
         ``inputs`` is the query, ``(B, 1, X, Y, Z)`` or ``(1, X, Y, Z)``, z-scored like the supports;
         ``support_images``/``support_masks`` are one ``(1, X', Y', Z')`` volume or a sequence of them (k-shot),
-        masks binary. Returns foreground/background probabilities ``(B, 2, X, Y, Z)`` in the query's geometry
+        masks binary; ``query_features`` optionally gives, per query, the cached features of an earlier call
+        (``last_contexts[i].query_features``: segmenting several organs of one query encodes it once). Returns
+        foreground/background probabilities ``(B, 2, X, Y, Z)`` in the query's geometry
         (a ``MetaTensor`` with the query's meta when the query is one). After a call, ``last_contexts`` holds the
         per-query :class:`~fewshot_monai.inferers.protocol.FewShotContext` (diagnostics, estimated range).
     """
@@ -96,19 +98,26 @@ class FewShotVolumeInferer(Inferer):
             raise ValueError(f"got {len(images)} support images but {len(masks)} support masks")
         image_stacks = [volume_to_slices(img, self.spatial_size, 3, "bilinear").float() for img in images]
         mask_stacks = [(volume_to_slices(m, self.spatial_size, 1, "nearest") > 0).float() for m in masks]
-        sources = [source_of(m) or source_of(img) or f"support volume {k}" for k, (img, m) in enumerate(zip(images, masks))]
+        sources = [
+            source_of(m) or source_of(img) or f"support volume {k}" for k, (img, m) in enumerate(zip(images, masks))
+        ]
         return support_set_from_stacks(image_stacks, mask_stacks, self.protocol.n_chunks, sources)
 
     @torch.no_grad()
-    def segment_one(self, query: torch.Tensor, network, support, query_z_range=None) -> tuple[torch.Tensor, FewShotContext]:
-        """Probabilities (2, X, Y, Z) for one query volume (1, X, Y, Z) and its context."""
+    def segment_one(
+        self, query: torch.Tensor, network, support, query_z_range=None, query_features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, FewShotContext]:
+        """Probabilities (2, X, Y, Z) for one query volume (1, X, Y, Z) and its context.
+
+        ``query_features`` (from an earlier context of the same query and network) skips encoding the query.
+        """
         if query.ndim != 4:
             raise ValueError(f"query must be (C, X, Y, Z), got shape {tuple(query.shape)}")
         if self.z_range == "given" and query_z_range is None:
             raise ValueError("z_range='given' needs query_z_range=(first, last) for every query")
         stack = volume_to_slices(query, self.spatial_size, 3, "bilinear").float()
         z_range = query_z_range if self.z_range == "given" else "estimate"
-        context = self.protocol(network, stack, support, z_range=z_range)
+        context = self.protocol(network, stack, support, z_range=z_range, query_features=query_features)
         probabilities = context.probabilities
         if self.refinement is not None:
             probabilities = self.refinement(network, self.protocol, context)
@@ -123,6 +132,7 @@ class FewShotVolumeInferer(Inferer):
         support_images=None,
         support_masks=None,
         query_z_range: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
+        query_features: Sequence[torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
         if support_images is None or support_masks is None:
@@ -131,9 +141,12 @@ class FewShotVolumeInferer(Inferer):
         batched = inputs.ndim == 5
         queries = list(inputs) if batched else [inputs]
         ranges = _per_query_ranges(query_z_range, len(queries))
+        features = [None] * len(queries) if query_features is None else list(query_features)
+        if len(features) != len(queries):
+            raise ValueError(f"got {len(features)} cached query features for {len(queries)} query volumes")
         outputs, self.last_contexts = [], []
-        for query, z in zip(queries, ranges):
-            volume, context = self.segment_one(query, network, support, z)
+        for query, z, feats in zip(queries, ranges, features):
+            volume, context = self.segment_one(query, network, support, z, feats)
             outputs.append(volume)
             self.last_contexts.append(context)
         out = torch.stack([torch.as_tensor(o) for o in outputs])

@@ -131,7 +131,9 @@ class FewShotSliceProtocol:
     @torch.no_grad()
     def encode(self, network, stack: torch.Tensor) -> torch.Tensor:
         """Encode a (Z, 3, H, W) stack in batches: (Z, C, h, w) features."""
-        return torch.cat([network.encode(stack[i : i + self.batch_size]) for i in range(0, len(stack), self.batch_size)])
+        return torch.cat(
+            [network.encode(stack[i : i + self.batch_size]) for i in range(0, len(stack), self.batch_size)]
+        )
 
     @torch.no_grad()
     def score(self, network, features: torch.Tensor, bank, output_size: tuple[int, int]) -> torch.Tensor:

@@ -1,7 +1,14 @@
 """MONAI-style transforms (array + dictionary pairs) of fewshot-monai."""
 
 from fewshot_monai.transforms.intensity import INTENSITY_PRESETS, IntensityPreset, IntensityPresetd
-from fewshot_monai.transforms.labels import SelectOrgan, SelectOrgand, chunk_centres, chunk_slices, organ_z_extent
+from fewshot_monai.transforms.labels import (
+    SelectOrgan,
+    SelectOrgand,
+    chunk_centres,
+    chunk_slices,
+    merge_organ_probabilities,
+    organ_z_extent,
+)
 from fewshot_monai.transforms.slicing import VolumeToSlices, VolumeToSlicesd, slices_to_volume, volume_to_slices
 from fewshot_monai.transforms.validation import (
     CheckGeometryd,
@@ -21,6 +28,7 @@ __all__ = [
     "SelectOrgan",
     "SelectOrgand",
     "organ_z_extent",
+    "merge_organ_probabilities",
     "chunk_slices",
     "chunk_centres",
     "VolumeToSlices",

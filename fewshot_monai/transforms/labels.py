@@ -19,7 +19,14 @@ from monai.transforms import MapTransform, Transform
 from fewshot_monai.errors import EmptyMaskError, MissingOrganError
 from fewshot_monai.transforms.validation import source_of
 
-__all__ = ["SelectOrgan", "SelectOrgand", "organ_z_extent", "chunk_slices", "chunk_centres"]
+__all__ = [
+    "SelectOrgan",
+    "SelectOrgand",
+    "organ_z_extent",
+    "chunk_slices",
+    "chunk_centres",
+    "merge_organ_probabilities",
+]
 
 
 def _plain(x) -> torch.Tensor:
@@ -146,3 +153,25 @@ def chunk_centres(z_first: int, z_last: int, n_chunks: int) -> list[int]:
     [12, 15, 18]``.
     """
     return [int(chunk[len(chunk) // 2]) for chunk in chunk_slices(z_first, z_last, n_chunks)]
+
+
+def merge_organ_probabilities(probabilities: Mapping[int, torch.Tensor], threshold: float = 0.5) -> torch.Tensor:
+    """One label map from per-organ foreground probabilities segmented separately.
+
+    Each voxel gets the label id of the organ with the highest probability among those above ``threshold``
+    (so two organs predicted on the same voxel never overwrite each other in input order), 0 elsewhere.
+
+    Args:
+        probabilities: label id -> foreground probability volume, all of the same shape.
+        threshold: minimum probability for a voxel to belong to an organ.
+
+    Returns:
+        uint8 label map of that shape.
+    """
+    if not probabilities:
+        raise ValueError("no organ probabilities to merge")
+    ids = list(probabilities)
+    stacked = torch.stack([torch.as_tensor(probabilities[i]).float() for i in ids])
+    best_prob, best = stacked.max(dim=0)
+    lookup = torch.tensor(ids, dtype=torch.uint8)
+    return torch.where(best_prob > threshold, lookup[best], torch.zeros((), dtype=torch.uint8))

@@ -1,0 +1,162 @@
+"""``fewshot-monai demo``: segment a synthetic query phantom from a synthetic support phantom.
+
+Writes, under ``--out``: the two phantoms (``data/``), the predicted label map of the query (NIfTI, same
+geometry as the query image), an overlay PNG, and ``report.md`` / ``report.json`` with Dice per organ.
+The query's organ range is estimated by the method itself (nothing from the query label is used except for
+scoring the result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fewshot_monai.data.io import load_case, save_volume
+from fewshot_monai.data.phantoms import PHANTOM_LABELS, write_phantom
+from fewshot_monai.evaluation.metrics import dice_score
+from fewshot_monai.inferers import FewShotVolumeInferer
+from fewshot_monai.transforms.labels import SelectOrgan, merge_organ_probabilities
+from fewshot_monai.utils.files import atomic_write
+from fewshot_monai.utils.plotting import save_overlay_png
+from fewshot_monai.zoo import load_model
+
+__all__ = ["add_parser", "run", "run_demo"]
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="segment a synthetic query phantom from a synthetic support phantom",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    parser.add_argument("--modality", choices=("mri", "ct"), default="mri", help="phantom intensity model")
+    parser.add_argument("--support-seed", type=int, default=0, help="seed of the support phantom")
+    parser.add_argument("--query-seed", type=int, default=1, help="seed of the query phantom")
+    parser.add_argument("--weights", default=None, help="trained ALPNet state dict (default: the best shipped)")
+    parser.add_argument("--organs", default=",".join(PHANTOM_LABELS), help="comma-separated organ names")
+    parser.set_defaults(run=run)
+
+
+def run_demo(
+    out: str | Path,
+    modality: str = "mri",
+    support_seed: int = 0,
+    query_seed: int = 1,
+    weights: str | None = None,
+    organs: list[str] | None = None,
+) -> dict:
+    """Run the demo and return the report dictionary (also written to ``out/report.json``)."""
+    out = Path(out)
+    organs = list(PHANTOM_LABELS) if organs is None else organs
+    unknown = [o for o in organs if o not in PHANTOM_LABELS]
+    if unknown:
+        raise ValueError(f"unknown organ(s) {unknown}; the phantoms have {list(PHANTOM_LABELS)}")
+    start = time.perf_counter()
+    support_paths = write_phantom(out / "data", "support", seed=support_seed, modality=modality)
+    query_paths = write_phantom(out / "data", "query", seed=query_seed, modality=modality)
+    preset = "ct" if modality == "ct" else "mri"
+    support = load_case(*support_paths, intensity=preset)
+    query = load_case(*query_paths, intensity=preset)
+    model = load_model(weights, modality=modality)
+    logger.info("model: %s", model.description)
+    inferer = FewShotVolumeInferer(n_chunks=3, z_range="estimate")
+
+    probabilities, rows = {}, []
+    query_features = None  # encoded once, reused for every organ
+    for organ in organs:
+        organ_id = PHANTOM_LABELS[organ]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            probs = inferer(
+                query["image"][None],
+                model.network,
+                support_images=[support["image"]],
+                support_masks=[SelectOrgan(organ_id)(support["label"])],
+                query_features=query_features,
+            )
+        query_features = [inferer.last_contexts[0].query_features]
+        probabilities[organ_id] = probs[0, 1]
+        z_range = inferer.last_contexts[0].z_range
+        rows.append(
+            {
+                "organ": organ,
+                "label_id": organ_id,
+                "estimated_z_range": list(z_range) if z_range else None,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
+
+    # one label map: where two organs claim a voxel, the more probable one wins
+    label_map = merge_organ_probabilities(probabilities)
+    predictions, truths = {}, {}
+    for row in rows:
+        pred = (label_map == row["label_id"]).cpu().numpy()
+        truth = (query["label"][0] == row["label_id"]).cpu().numpy()
+        predictions[row["organ"]], truths[row["organ"]] = pred, truth
+        row["dice"] = round(dice_score(pred, truth), 4)
+        row["true_z_range"] = [int(i) for i in np.flatnonzero(truth.any(axis=(0, 1)))[[0, -1]]]
+        logger.info("%s: Dice %.3f", row["organ"], row["dice"])
+
+    mask_path = out / "query_prediction.nii.gz"
+    save_volume(label_map[None], mask_path, reference=query["image"], is_label=True)
+    overlay_path = out / "overlay.png"
+    raw_query = load_case(query_paths[0])["image"][0].cpu().numpy()
+    save_overlay_png(
+        overlay_path, raw_query, predictions, truths, title="demo: query phantom, predicted (solid) vs truth (dashed)"
+    )
+    report = {
+        "model": model.description,
+        "modality": modality,
+        "support": str(support_paths[0]),
+        "query": str(query_paths[0]),
+        "protocol": "1-shot, 3 chunks, query organ range estimated by the method (EP2-style)",
+        "organs": rows,
+        "mean_dice": round(float(np.mean([r["dice"] for r in rows])), 4),
+        "prediction": str(mask_path),
+        "overlay": str(overlay_path),
+        "seconds_total": round(time.perf_counter() - start, 1),
+    }
+    with atomic_write(out / "report.json") as fh:
+        json.dump(report, fh, indent=2)
+    with atomic_write(out / "report.md") as fh:
+        fh.write(_markdown(report))
+    return report
+
+
+def _markdown(report: dict) -> str:
+    lines = [
+        "# fewshot-monai demo",
+        "",
+        f"- model: {report['model']}",
+        f"- data: synthetic {report['modality'].upper()} phantoms (support `{Path(report['support']).name}`, "
+        f"query `{Path(report['query']).name}`)",
+        f"- protocol: {report['protocol']}",
+        f"- total time: {report['seconds_total']} s",
+        "",
+        "| organ | Dice | estimated z-range | true z-range | seconds |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in report["organs"]:
+        lines.append(
+            f"| {r['organ']} | {r['dice']:.3f} | {r['estimated_z_range']} | {r['true_z_range']} | {r['seconds']} |"
+        )
+    lines += ["", f"**mean Dice {report['mean_dice']:.3f}**", "", "![overlay](overlay.png)", ""]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    organs = [o.strip() for o in args.organs.split(",") if o.strip()]
+    report = run_demo(args.out, args.modality, args.support_seed, args.query_seed, args.weights, organs)
+    print(_markdown(report))
+    print(f"wrote {report['prediction']}, {report['overlay']} and {Path(args.out) / 'report.md'}")
+    return 0
