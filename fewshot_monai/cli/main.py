@@ -16,7 +16,10 @@ __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
 #: sub-command name -> module (relative to this package) that implements it
 SUBCOMMANDS: dict[str, str] = {
+    "superpixels": "superpixels",
+    "train": "train",
     "demo": "demo",
+    "evaluate": "evaluate",
 }
 
 
@@ -27,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name in SUBCOMMANDS.items():
+    for module_name in SUBCOMMANDS.values():
         module = importlib.import_module(f"{__package__}.{module_name}")
         module.add_parser(subparsers)
     return parser

@@ -1,12 +1,14 @@
 from fewshot_monai.data.datasets import (  # noqa: F401  (dataset descriptors and datalists)
     CHAOS_T2SPIR,
     PHANTOM,
+    PHANTOM_CT,
     SABS_CT,
     DatasetDescriptor,
     datalist,
     generic_datalist,
     get_descriptor,
     nnunet_datalist,
+    nnunet_label_map,
 )
 from fewshot_monai.data.io import (  # noqa: F401  (volume I/O)
     LoadVolume,

@@ -1,7 +1,18 @@
 """Dataset descriptors and datalists: which files form a case, which label id is which organ.
 
-A datalist is a list of dicts ``{"id": str, "image": path, "label": path | None}``, MONAI's usual input format,
-sorted by numeric id where the ids are numbers (the cross-validation folds are defined on that order).
+A *datalist* is MONAI's usual input format, a list of dicts ``{"id": str, "image": str, "label": str | None}``.
+Every function here returns it in natural order of the ids (numbers compared as numbers: ``1, 2, 3, 5, 8, 10``,
+``case2`` before ``case10``): the cross-validation folds of :mod:`fewshot_monai.evaluation.folds` are defined on
+that order, so it must not depend on the file system.
+
+- :class:`DatasetDescriptor` describes a dataset folder (file name patterns, label map, modality, intensity
+  preset); :data:`CHAOS_T2SPIR`, :data:`SABS_CT`, :data:`PHANTOM` (and :data:`PHANTOM_CT`) are built in and
+  :func:`get_descriptor` finds them by name; :func:`datalist` lists a folder laid out as a descriptor says.
+- :func:`generic_datalist` pairs any folder (or glob) of images with a folder of labels by file stem.
+- :func:`nnunet_datalist` reads the nnU-Net raw layout (``imagesTr/``, ``labelsTr/``, ``dataset.json``).
+
+Errors name the file: a missing label raises :class:`~fewshot_monai.errors.UnreadableFileError` with the path
+of the label file that was expected.
 """
 
 from __future__ import annotations
@@ -20,17 +31,22 @@ __all__ = [
     "CHAOS_T2SPIR",
     "SABS_CT",
     "PHANTOM",
+    "PHANTOM_CT",
     "DESCRIPTORS",
+    "BTCV_LABELS",
+    "VOLUME_SUFFIXES",
     "get_descriptor",
+    "natural_key",
     "datalist",
     "generic_datalist",
     "nnunet_datalist",
-    "VOLUME_SUFFIXES",
+    "nnunet_label_map",
 ]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+"""File endings recognised as volumes (DICOM series are folders of ``.dcm`` files)."""
 
-BTCV_LABELS = {
+BTCV_LABELS: dict[str, int] = {
     "spleen": 1,
     "right_kidney": 2,
     "left_kidney": 3,
@@ -45,6 +61,15 @@ BTCV_LABELS = {
     "right_adrenal_gland": 12,
     "left_adrenal_gland": 13,
 }
+"""The 13 labels of the BTCV (Synapse multi-organ) abdominal CT set, as in the SABS copy."""
+
+_CHAOS_LABELS = {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key comparing digit runs as numbers: ``"2" < "10"``, ``"case2" < "case10"``, ``"ct_9" < "ct_10"``."""
+    parts = re.split(r"(\d+)", str(text))
+    return tuple((0, int(p), p) if p.isdigit() else (1, 0, p.lower()) for p in parts if p != "")
 
 
 @dataclass(frozen=True)
@@ -52,12 +77,16 @@ class DatasetDescriptor:
     """How a dataset folder is laid out and labelled.
 
     Attributes:
-        name: short name used on the command line.
-        modality: "mri" or "ct".
-        intensity: intensity preset of :class:`fewshot_monai.transforms.IntensityPreset` for its images.
+        name: short name used on the command line (``get_descriptor(name)``).
+        modality: ``"mri"`` or ``"ct"``.
+        intensity: intensity preset of :class:`fewshot_monai.transforms.IntensityPreset` for its images
+            (``"mri"``, ``"ct"`` for Hounsfield units, ``"preprocessed"`` for data already windowed or 8-bit).
         label_map: the organs evaluated by default, name -> label id.
-        all_labels: every label of the dataset, name -> id.
-        image_pattern / label_pattern: file names with ``{id}``.
+        all_labels: every label of the dataset, name -> id (a superset of ``label_map``).
+        image_pattern: image file name with an ``{id}`` placeholder, relative to the dataset folder.
+        label_pattern: label file name with an ``{id}`` placeholder.
+        id_sort: ``"natural"`` (digit runs compared as numbers; plain numbers sort numerically) or ``"lexical"``.
+        description: one line for listings and reports.
     """
 
     name: str
@@ -67,9 +96,18 @@ class DatasetDescriptor:
     all_labels: dict[str, int] = field(default_factory=dict)
     image_pattern: str = "image_{id}.nii.gz"
     label_pattern: str = "label_{id}.nii.gz"
+    id_sort: str = "natural"
+    description: str = ""
+
+    def __post_init__(self):
+        for pattern in (self.image_pattern, self.label_pattern):
+            if pattern.count("{id}") != 1:
+                raise ValueError(f"dataset {self.name!r}: file pattern {pattern!r} must contain '{{id}}' once")
+        if self.id_sort not in ("natural", "lexical"):
+            raise ValueError(f"dataset {self.name!r}: id_sort must be 'natural' or 'lexical', got {self.id_sort!r}")
 
     def organ_ids(self, organs=None) -> dict[str, int]:
-        """``label_map`` restricted to ``organs`` (names); a clear error for an unknown name."""
+        """``label_map`` restricted to ``organs`` (names, looked up in ``all_labels`` too); clear error if unknown."""
         if organs is None:
             return dict(self.label_map)
         known = {**self.all_labels, **self.label_map}
@@ -78,13 +116,24 @@ class DatasetDescriptor:
             raise ValueError(f"dataset {self.name!r} has no organ(s) {unknown}; known: {sorted(known)}")
         return {o: known[o] for o in organs}
 
+    def image_path(self, root: str | os.PathLike, case_id: str) -> Path:
+        return Path(root) / self.image_pattern.format(id=case_id)
+
+    def label_path(self, root: str | os.PathLike, case_id: str) -> Path:
+        return Path(root) / self.label_pattern.format(id=case_id)
+
+    def sort_ids(self, ids) -> list[str]:
+        """``ids`` in this dataset's order (the order cross-validation folds are defined on)."""
+        return sorted(ids, key=natural_key) if self.id_sort == "natural" else sorted(ids)
+
 
 CHAOS_T2SPIR = DatasetDescriptor(
     name="chaos",
     modality="mri",
     intensity="mri",
-    label_map={"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4},
-    all_labels={"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4},
+    label_map=dict(_CHAOS_LABELS),
+    all_labels=dict(_CHAOS_LABELS),
+    description="CHAOS T2-SPIR MRI, 20 scans (SSL-ALPNet preprocessing), ids 1..39",
 )
 SABS_CT = DatasetDescriptor(
     name="sabs",
@@ -92,138 +141,270 @@ SABS_CT = DatasetDescriptor(
     intensity="preprocessed",  # the shared copy is 8-bit, already windowed: no HU window
     label_map={"liver": 6, "spleen": 1, "left_kidney": 3, "right_kidney": 2},
     all_labels=dict(BTCV_LABELS),
+    description="Synapse/BTCV abdominal CT, 30 scans (SSL-ALPNet preprocessing, 8-bit), ids 0..29",
 )
 PHANTOM = DatasetDescriptor(
     name="phantom",
     modality="mri",
     intensity="mri",
-    label_map={"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4},
-    all_labels={"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4},
+    label_map=dict(_CHAOS_LABELS),
+    all_labels=dict(_CHAOS_LABELS),
     image_pattern="{id}_image.nii.gz",
     label_pattern="{id}_label.nii.gz",
+    description="synthetic MRI phantoms of fewshot_monai.data.phantoms.make_phantom_dataset (ids case0, case1, ...)",
 )
-DESCRIPTORS = {d.name: d for d in (CHAOS_T2SPIR, SABS_CT, PHANTOM)}
+PHANTOM_CT = DatasetDescriptor(
+    name="phantom_ct",
+    modality="ct",
+    intensity="ct",
+    label_map=dict(_CHAOS_LABELS),
+    all_labels=dict(_CHAOS_LABELS),
+    image_pattern="{id}_image.nii.gz",
+    label_pattern="{id}_label.nii.gz",
+    description="synthetic CT phantoms (Hounsfield-like units) of make_phantom_dataset(modality='ct')",
+)
+DESCRIPTORS: dict[str, DatasetDescriptor] = {d.name: d for d in (CHAOS_T2SPIR, SABS_CT, PHANTOM, PHANTOM_CT)}
 
 
-def get_descriptor(name: str) -> DatasetDescriptor:
-    """The built-in descriptor called ``name`` ("chaos", "sabs", "phantom")."""
+def get_descriptor(name: str | DatasetDescriptor) -> DatasetDescriptor:
+    """The built-in descriptor called ``name`` (``"chaos"``, ``"sabs"``, ``"phantom"``, ``"phantom_ct"``).
+
+    A :class:`DatasetDescriptor` is returned unchanged. Raises ``ValueError`` listing the valid names otherwise.
+    """
+    if isinstance(name, DatasetDescriptor):
+        return name
     try:
-        return DESCRIPTORS[name]
+        return DESCRIPTORS[str(name).lower()]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DESCRIPTORS)}") from None
 
 
-def _sort_key(case_id: str):
-    return (0, int(case_id), "") if case_id.isdigit() else (1, 0, case_id)
-
-
 def datalist(root: str | os.PathLike, descriptor: DatasetDescriptor | str) -> list[dict]:
-    """Cases of a dataset folder laid out as ``descriptor`` says, sorted by numeric id.
+    """Cases of a dataset folder laid out as ``descriptor`` says, in the descriptor's id order.
+
+    Args:
+        root: the dataset folder (for example ``../shared/data/chaos_t2spir``).
+        descriptor: a :class:`DatasetDescriptor` or a built-in name.
+
+    Returns:
+        ``[{"id": "1", "image": ".../image_1.nii.gz", "label": ".../label_1.nii.gz"}, ...]`` (ids are strings).
 
     Raises:
-        UnreadableFileError: the folder is missing or has no image, or an image has no label file.
+        UnreadableFileError: the folder is missing, holds no image matching the pattern, or an image has no
+            label file (the message names the missing label file).
     """
-    descriptor = get_descriptor(descriptor) if isinstance(descriptor, str) else descriptor
+    descriptor = get_descriptor(descriptor)
     root = Path(root)
     if not root.is_dir():
         raise UnreadableFileError(root, f"dataset folder for {descriptor.name!r} not found")
     prefix, suffix = descriptor.image_pattern.split("{id}")
-    pattern = re.compile(re.escape(prefix) + r"(.+?)" + re.escape(suffix) + "$")
-    ids = [m.group(1) for p in root.iterdir() if (m := pattern.match(p.name))]
+    pattern = re.compile(re.escape(prefix) + r"(.+?)" + re.escape(suffix) + r"\Z")
+    ids = [m.group(1) for p in root.iterdir() if (m := pattern.match(p.name)) and p.is_file()]
     if not ids:
-        raise UnreadableFileError(root, f"no image matching {descriptor.image_pattern!r}")
+        raise UnreadableFileError(root, f"no image matching {descriptor.image_pattern!r} ({descriptor.name})")
     cases = []
-    for case_id in sorted(ids, key=_sort_key):
-        label = root / descriptor.label_pattern.format(id=case_id)
+    for case_id in descriptor.sort_ids(ids):
+        label = descriptor.label_path(root, case_id)
         if not label.is_file():
             raise UnreadableFileError(label, f"label file of case {case_id} is missing")
-        cases.append(
-            {"id": case_id, "image": str(root / descriptor.image_pattern.format(id=case_id)), "label": str(label)}
-        )
+        cases.append({"id": case_id, "image": str(descriptor.image_path(root, case_id)), "label": str(label)})
     return cases
 
 
-def _volume_stem(path: Path) -> str | None:
-    for suffix in VOLUME_SUFFIXES:
-        if path.name.endswith(suffix):
+# ------------------------------------------------------------------------------------------- generic folders
+
+# words that name the role of a file rather than the case: "image_1" and "label_1" are the same case
+_ROLE_WORDS = r"images?|imgs?|volumes?|vols?|scans?|labels?|labelmaps?|segs?|segmentations?|masks?|gts?|ground_?truth"
+_ROLE = re.compile(rf"^(?:{_ROLE_WORDS})[_\-.]+|[_\-.]+(?:{_ROLE_WORDS})$|[_\-.]0000$", re.IGNORECASE)
+
+
+def _case_key(stem: str) -> str:
+    """The case part of a file stem: role words (image, label, seg, mask...) and a ``_0000`` channel removed."""
+    key, previous = stem, None
+    while key != previous:
+        previous, key = key, _ROLE.sub("", key)
+    return key.lower() or stem.lower()
+
+
+def _volume_stem(path: Path, suffixes) -> str | None:
+    for suffix in sorted(suffixes, key=len, reverse=True):  # ".nii.gz" before ".nii" / ".gz"
+        if path.name.lower().endswith(suffix.lower()) and len(path.name) > len(suffix):
             return path.name[: -len(suffix)]
     return None
 
 
-def _is_dicom_folder(path: Path) -> bool:
-    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+def _dicom_series(folder: Path) -> Path | None:
+    """The folder holding the ``.dcm`` files of a case folder (itself or one nested folder), None if not DICOM."""
+    if any(p.suffix.lower() == ".dcm" and p.is_file() for p in folder.iterdir()):
+        return folder
+    series = sorted({p.parent for p in folder.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file()})
+    if len(series) > 1:
+        names = ", ".join(str(s.relative_to(folder)) for s in series[:4])
+        raise UnreadableFileError(folder, f"holds several DICOM series ({names}...); point at one series folder")
+    return series[0] if series else None
 
 
-def _collect_volumes(spec: str) -> dict[str, Path]:
-    """stem -> path for a folder (volume files and DICOM series sub-folders) or a glob."""
+def _collect(spec: str | os.PathLike, suffixes, dicom: bool) -> dict[str, Path]:
+    """stem -> path for a folder (volume files, DICOM series sub-folders), a glob, or a single file."""
     path = Path(spec)
-    candidates = list(path.iterdir()) if path.is_dir() else [Path(p) for p in glob.glob(spec)]
+    if path.is_dir():
+        candidates = sorted(path.iterdir())
+    elif path.is_file():
+        candidates = [path]
+    else:
+        candidates = sorted(Path(p) for p in glob.glob(str(spec)))
     found: dict[str, Path] = {}
-    for candidate in sorted(candidates):
-        stem = candidate.name if _is_dicom_folder(candidate) else _volume_stem(candidate)
-        if stem is not None and not stem.startswith("."):
+    for candidate in candidates:
+        if candidate.name.startswith("."):  # hidden or temporary files (atomic writes use ".<name>.*")
+            continue
+        if candidate.is_dir():
+            series = _dicom_series(candidate) if dicom else None
+            if series is not None:
+                found[candidate.name] = series
+            continue
+        stem = _volume_stem(candidate, suffixes)
+        if stem is not None:
             found[stem] = candidate
     return found
 
 
-def generic_datalist(images: str, labels: str | None = None, *, label_suffix: str = "") -> list[dict]:
-    """Pair images and labels by file stem.
+def generic_datalist(
+    images: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
+    *,
+    label_suffix: str = "",
+    image_suffixes=VOLUME_SUFFIXES,
+    require_labels: bool = False,
+) -> list[dict]:
+    """Pair a folder (or glob) of images with a folder (or glob) of labels by file stem.
+
+    Images are volume files ending in one of ``image_suffixes`` or DICOM series: a sub-folder holding ``.dcm``
+    files (directly, or in a single nested folder) is one case named after the sub-folder. A label matches an
+    image when its stem is the image stem + ``label_suffix``; without ``label_suffix``, when the stems are equal
+    or, failing that, equal once role words are removed (``image_3``/``label_3``, ``ct_3``/``ct_3_seg``,
+    ``ct_3_0000``/``ct_3``; see :func:`_case_key`).
 
     Args:
-        images: a folder or a glob of image volumes; a sub-folder holding ``.dcm`` files is one DICOM series.
-        labels: a folder or glob of label volumes, or None (inference only).
-        label_suffix: text after the image stem in label names (e.g. ``"_label"`` for ``ct_1_label.nii.gz``).
+        images: a folder, a glob (``"scans/*.nrrd"``) or one file.
+        labels: a folder, glob or file of label volumes, or None (inference only).
+        label_suffix: text after the image stem in label names (``"_seg"`` for ``ct_1_seg.nii.gz``).
+        image_suffixes: file endings accepted as volumes (for images and labels).
+        require_labels: raise for an image without a label instead of giving it ``label: None``.
 
     Returns:
-        cases sorted by id (numeric ids numerically); ``label`` is None for images without a label file, so an
-        inference batch can still run; evaluation code checks labels where it needs them.
+        ``[{"id": stem, "image": str, "label": str | None}, ...]`` in natural id order. An image without a
+        label gets ``label: None`` (an inference batch can still run; evaluation checks labels where it needs
+        them) unless ``require_labels``.
 
     Raises:
-        UnreadableFileError: no image matched ``images``.
+        UnreadableFileError: no image found; two images or two labels claim the same case; a required label
+            is missing (the message names the image and where the label was looked for).
     """
-    image_files = _collect_volumes(images)
+    image_files = _collect(images, image_suffixes, dicom=True)
     if not image_files:
         raise UnreadableFileError(images, "no image volume (NIfTI, NRRD, MHA or DICOM folder) found")
-    label_files = _collect_volumes(labels) if labels is not None else {}
+    label_files = _collect(labels, image_suffixes, dicom=False) if labels is not None else {}
+    labels_by_key: dict[str, list[Path]] = {}
+    for stem, path in label_files.items():
+        labels_by_key.setdefault(_case_key(stem), []).append(path)
+    images_by_key: dict[str, list[str]] = {}
+    for stem in image_files:
+        images_by_key.setdefault(_case_key(stem), []).append(stem)
+
     cases = []
-    for stem in sorted(image_files, key=_sort_key):
-        label = label_files.get(stem + label_suffix)
+    for stem in sorted(image_files, key=natural_key):
+        if label_suffix:
+            label = label_files.get(stem + label_suffix)
+        else:
+            label = label_files.get(stem)
+            key = _case_key(stem)
+            if label is None and key in labels_by_key:  # fall back on the case key, if unambiguous
+                claims = [str(p.name) for p in labels_by_key[key]] + [s for s in images_by_key[key] if s != stem]
+                if len(labels_by_key[key]) > 1 or len(images_by_key[key]) > 1:
+                    raise UnreadableFileError(
+                        image_files[stem], f"ambiguous label pairing for case {key!r}: {sorted(claims)}"
+                    )
+                label = labels_by_key[key][0]
+        if label is None and require_labels:
+            where = labels if labels is not None else "(no labels given)"
+            raise UnreadableFileError(image_files[stem], f"no label for case {stem!r} in {where}")
         cases.append({"id": stem, "image": str(image_files[stem]), "label": None if label is None else str(label)})
     return cases
 
 
-def nnunet_datalist(root: str | os.PathLike) -> tuple[list[dict], dict[str, int]]:
-    """Training cases of an nnU-Net raw dataset folder and its label map.
+# ---------------------------------------------------------------------------------------------------- nnU-Net
 
-    Layout: ``imagesTr/<case>_0000.nii.gz`` (first channel) and ``labelsTr/<case>.nii.gz``; ``dataset.json``
-    (optional) gives the label names.
+
+def _snake(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", str(name).strip().lower()).strip("_")
+
+
+def nnunet_label_map(root: str | os.PathLike) -> dict[str, int]:
+    """Organ name -> label id from an nnU-Net ``dataset.json`` (empty if the file is absent).
+
+    Reads nnU-Net v2 (``{"background": 0, "liver": 1}``) and v1/MSD (``{"0": "background", "1": "liver"}``)
+    label tables; names become lower-case snake case (``"Right Kidney"`` -> ``right_kidney``); background and
+    region-based entries (lists of ids) are left out.
+    """
+    meta = Path(root) / "dataset.json"
+    if not meta.is_file():
+        return {}
+    try:
+        labels = json.loads(meta.read_text()).get("labels", {})
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise UnreadableFileError(meta, f"not a valid nnU-Net dataset.json ({err})") from None
+    if not isinstance(labels, dict):
+        raise UnreadableFileError(meta, "'labels' must be a mapping")
+    label_map: dict[str, int] = {}
+    for key, value in labels.items():
+        if isinstance(value, (list, tuple)):
+            continue  # region-based training entry, not a single label
+        try:
+            name, idx = (key, int(value)) if isinstance(value, int) else (value, int(key))
+        except (TypeError, ValueError):
+            raise UnreadableFileError(meta, f"label entry {key!r}: {value!r} is not a name/id pair") from None
+        if idx != 0:
+            label_map[_snake(name)] = idx
+    return label_map
+
+
+def nnunet_datalist(root: str | os.PathLike, split: str = "train") -> tuple[list[dict], dict[str, int]]:
+    """Cases of an nnU-Net raw dataset folder and its label map.
+
+    Layout: ``imagesTr/<case>_0000<ending>`` (the first channel is the image; other channels are ignored),
+    ``labelsTr/<case><ending>`` and an optional ``dataset.json`` (label names, ``file_ending``, default
+    ``.nii.gz``). ``split="test"`` lists ``imagesTs/`` with ``label: None``.
 
     Returns:
-        (cases, label_map) with label_map name -> id without the background.
+        ``(cases, label_map)``: the datalist in natural case order and :func:`nnunet_label_map`.
+
+    Raises:
+        UnreadableFileError: no images folder or no ``_0000`` image, a training label missing (named), or an
+            unreadable ``dataset.json``.
     """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root)
-    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
-    if not images_dir.is_dir():
-        raise UnreadableFileError(images_dir, "nnU-Net folder has no imagesTr/")
-    cases = []
-    for image in sorted(images_dir.glob("*_0000.nii.gz"), key=lambda p: _sort_key(p.name[: -len("_0000.nii.gz")])):
-        case_id = image.name[: -len("_0000.nii.gz")]
-        label = labels_dir / f"{case_id}.nii.gz"
-        if not label.is_file():
-            raise UnreadableFileError(label, f"label file of case {case_id} is missing")
-        cases.append({"id": case_id, "image": str(image), "label": str(label)})
-    if not cases:
-        raise UnreadableFileError(images_dir, "no '<case>_0000.nii.gz' image found")
-    label_map: dict[str, int] = {}
+    label_map = nnunet_label_map(root)
+    ending = ".nii.gz"
     meta = root / "dataset.json"
     if meta.is_file():
-        try:
-            labels = json.loads(meta.read_text()).get("labels", {})
-        except json.JSONDecodeError as err:
-            raise UnreadableFileError(meta, f"not valid JSON ({err})") from None
-        # nnU-Net v2: {"background": 0, "liver": 1}; v1: {"0": "background", "1": "liver"}
-        for key, value in labels.items():
-            name, idx = (key, value) if isinstance(value, int) else (value, int(key))
-            if int(idx) != 0:
-                label_map[str(name)] = int(idx)
+        ending = str(json.loads(meta.read_text()).get("file_ending", ending))
+    images_dir = root / ("imagesTr" if split == "train" else "imagesTs")
+    labels_dir = root / "labelsTr"
+    if not images_dir.is_dir():
+        raise UnreadableFileError(images_dir, f"nnU-Net folder has no {images_dir.name}/")
+    channel0 = "_0000" + ending
+    ids = [p.name[: -len(channel0)] for p in images_dir.iterdir() if p.name.endswith(channel0) and p.is_file()]
+    if not ids:
+        raise UnreadableFileError(images_dir, f"no '<case>{channel0}' image found")
+    cases = []
+    for case_id in sorted(ids, key=natural_key):
+        label = None
+        if split == "train":
+            label = labels_dir / f"{case_id}{ending}"
+            if not label.is_file():
+                raise UnreadableFileError(label, f"label file of case {case_id} is missing")
+        image = images_dir / f"{case_id}{channel0}"
+        cases.append({"id": case_id, "image": str(image), "label": None if label is None else str(label)})
     return cases, label_map

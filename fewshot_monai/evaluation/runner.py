@@ -1,0 +1,568 @@
+"""Run a few-shot evaluation end to end: folds, protocols, metrics, optional registration baseline, report.
+
+:func:`run_evaluation` is plain Python (used by ``fewshot-monai evaluate`` and usable from a MONAI bundle
+config); it takes an :class:`EvaluationConfig` (or a dictionary of its fields) and returns the summary dict that
+it also writes to ``<out>/summary.json``, next to ``per_scan.csv``, ``report.md`` and the figures.
+
+Model selection (``model``):
+
+- ``None``: :func:`fewshot_monai.zoo.load_model` default for the data set's modality;
+- a ``.pt`` file, or a bundle folder holding ``models/model.pt``: that model for every fold;
+- any other folder: one checkpoint per fold and setting, ``<folder>/fold<k>_setting<s>.pt`` (all must exist).
+
+Bad cases (unreadable file, organ missing from a scan, failed registration) are logged, listed under
+``"skipped"`` in the summary and the report, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fewshot_monai.errors import InputError, UnreadableFileError
+from fewshot_monai.evaluation.folds import Fold, folds
+from fewshot_monai.evaluation.metrics import segmentation_metrics, spacing_from_affine
+from fewshot_monai.evaluation.protocols import get_protocol, make_inferer, predict_organ
+from fewshot_monai.evaluation.report import (
+    render_report,
+    save_boxplots,
+    summarise_rows,
+    write_per_scan_csv,
+    write_summary_json,
+)
+from fewshot_monai.evaluation.strategies import get_refinement
+from fewshot_monai.utils.files import atomic_write
+
+__all__ = ["EvaluationConfig", "run_evaluation", "resolve_checkpoint", "METHOD_NAME", "BASELINES"]
+
+logger = logging.getLogger(__name__)
+
+#: name of our method in per_scan.csv and the report
+METHOD_NAME = "fewshot"
+BASELINES = ("none", "registration")
+DATASETS = ("chaos", "sabs", "generic", "phantom")
+
+
+@dataclass
+class EvaluationConfig:
+    """Options of one evaluation run (the CLI flags of ``fewshot-monai evaluate``).
+
+    Attributes:
+        data: data folder.
+        out: output folder (created).
+        dataset: ``chaos``, ``sabs``, ``phantom`` (label maps/intensity from their descriptors) or ``generic``
+            (needs ``label_map``).
+        model: see the module docstring.
+        protocol: ``ep1`` or ``ep2``.
+        setting: 1 or 2, recorded and used to pick per-fold checkpoints.
+        folds: fold indices to run (default: all).
+        n_folds: number of cross-validation folds.
+        shots: support volumes per fold (k-shot).
+        pseudo_label: refinement strategy (:mod:`fewshot_monai.evaluation.strategies`).
+        baseline: ``none`` or ``registration``.
+        organs: organ names to evaluate (default: every organ of the label map).
+        label_map: organ name -> label id, required for ``generic`` (overrides the descriptor's otherwise).
+        intensity: intensity preset override (default: the descriptor's).
+        limit_queries: evaluate only the first N queries of each fold (quick runs).
+        n_chunks, spatial_size, batch_size: inferer options.
+        registration_threads: elastix threads per registration.
+        save_predictions: also write predicted label maps under ``<out>/predictions/<method>/``.
+        overlays: write overlay PNGs of the best, median and worst scan.
+        progress: show tqdm progress bars.
+        extra: advanced options, e.g. ``{"registration": {"affine_iterations": 100, "bspline_iterations": 100}}``
+            (passed to :func:`~fewshot_monai.evaluation.registration.register_atlases`).
+    """
+
+    data: str
+    out: str
+    dataset: str = "chaos"
+    model: str | None = None
+    protocol: str = "ep1"
+    setting: int = 1
+    folds: list[int] | None = None
+    n_folds: int = 5
+    shots: int = 1
+    pseudo_label: str = "none"
+    baseline: str = "none"
+    organs: list[str] | None = None
+    label_map: dict[str, int] | None = None
+    intensity: str | None = None
+    limit_queries: int | None = None
+    n_chunks: int = 3
+    spatial_size: int = 256
+    batch_size: int = 8
+    registration_threads: int = 2
+    save_predictions: bool = False
+    overlays: bool = True
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- data & models
+
+
+@dataclass
+class _Dataset:
+    items: dict[str, dict]  # id -> {"image", "label", "id"}
+    order: list[str]
+    label_map: dict[str, int]
+    intensity: str | None
+    modality: str
+
+
+def _generic_items(root: Path) -> tuple[list[dict], dict[str, int]]:
+    """Cases of a generic folder: an nnU-Net raw folder (imagesTr/, labelsTr/) or images/ + labels/ by stem."""
+    from fewshot_monai.data import datasets
+
+    if (root / "imagesTr").is_dir():
+        return datasets.nnunet_datalist(root)
+    if (root / "images").is_dir() and (root / "labels").is_dir():
+        return datasets.generic_datalist(str(root / "images"), str(root / "labels")), {}
+    raise UnreadableFileError(root, "generic data must hold imagesTr/ + labelsTr/ (nnU-Net) or images/ + labels/")
+
+
+def _load_dataset(cfg: EvaluationConfig) -> _Dataset:
+    from fewshot_monai.data import datasets
+
+    root = Path(cfg.data)
+    if not root.is_dir():
+        raise UnreadableFileError(root, "data folder does not exist")
+    if cfg.dataset == "generic":
+        items, label_map = _generic_items(root)
+        label_map = dict(cfg.label_map or label_map)
+        intensity = cfg.intensity or "preprocessed"
+        modality = "ct" if intensity == "ct" else "mri"
+    else:
+        descriptor = datasets.get_descriptor(cfg.dataset)
+        label_map = dict(cfg.label_map) if cfg.label_map else descriptor.organ_ids(cfg.organs)
+        intensity = cfg.intensity or descriptor.intensity
+        modality = descriptor.modality
+        items = datasets.datalist(root, descriptor)
+    if not label_map:
+        raise ValueError(f"no label map for {root}: pass label_map (--label-map name=id,...)")
+    items = [dict(item, id=str(item["id"])) for item in items]
+    missing = [item["id"] for item in items if not item.get("label")]
+    if missing:
+        raise InputError(root, f"the evaluation needs a label for every scan; none for {missing}")
+    return _Dataset({i["id"]: i for i in items}, [i["id"] for i in items], label_map, intensity, str(modality))
+
+
+def resolve_checkpoint(model: str | None, fold: int, setting: int) -> Path | None:
+    """The weights file used for ``fold`` (None = the zoo default); see the module docstring for the rules."""
+    if model is None:
+        return None
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        bundle = path / "models" / "model.pt"
+        if bundle.is_file():
+            return bundle
+        per_fold = path / f"fold{int(fold)}_setting{int(setting)}.pt"
+        if per_fold.is_file():
+            return per_fold
+        raise UnreadableFileError(
+            path,
+            f"no {per_fold.name} (per-fold checkpoints <dir>/fold<k>_setting<s>.pt) and no models/model.pt (bundle)",
+        )
+    raise UnreadableFileError(path, "model file or folder does not exist")
+
+
+class _Models:
+    """Loads each distinct checkpoint once."""
+
+    def __init__(self, cfg: EvaluationConfig, modality: str):
+        self.cfg, self.modality, self._cache = cfg, modality, {}
+
+    def check(self, fold_indices: Sequence[int]) -> None:
+        for k in fold_indices:
+            resolve_checkpoint(self.cfg.model, k, self.cfg.setting)
+
+    def get(self, fold: int):
+        from fewshot_monai.zoo import load_model
+
+        path = resolve_checkpoint(self.cfg.model, fold, self.cfg.setting)
+        key = str(path)
+        if key not in self._cache:
+            self._cache[key] = load_model(path, modality=self.modality)
+        return self._cache[key]
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+
+def _coerce(config) -> EvaluationConfig:
+    if isinstance(config, EvaluationConfig):
+        cfg = dataclasses.replace(config)
+    elif isinstance(config, Mapping):
+        names = {f.name for f in dataclasses.fields(EvaluationConfig)}
+        unknown = sorted(set(config) - names)
+        if unknown:
+            raise ValueError(f"unknown evaluation option(s) {unknown}; valid: {sorted(names)}")
+        cfg = EvaluationConfig(**dict(config))
+    else:
+        raise TypeError(f"config must be an EvaluationConfig or a mapping, got {type(config).__name__}")
+    cfg.dataset = str(cfg.dataset).lower()
+    cfg.baseline = str(cfg.baseline or "none").lower()
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
+    if cfg.baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {cfg.baseline!r}; valid: {', '.join(BASELINES)}")
+    if int(cfg.setting) not in (1, 2):
+        raise ValueError(f"setting must be 1 or 2, got {cfg.setting}")
+    if cfg.limit_queries is not None and int(cfg.limit_queries) < 1:
+        raise ValueError(f"limit_queries must be >= 1, got {cfg.limit_queries}")
+    return cfg
+
+
+def _organ_mask(label, label_id: int):
+    return (label == int(label_id)).to(torch.uint8)
+
+
+def _extent(mask: np.ndarray) -> tuple[int, int] | None:
+    z = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0))
+    return (int(z[0]), int(z[-1])) if z.size else None
+
+
+def _row(method, cfg, fold: Fold, scan, organ, label_id, metrics, seconds, used, scored, true):
+    return {
+        "method": method,
+        "protocol": cfg.protocol,
+        "setting": int(cfg.setting),
+        "fold": fold.index,
+        "scan": scan,
+        "organ": organ,
+        "label_id": int(label_id),
+        "support_ids": list(fold.support_ids),
+        **metrics,
+        "seconds": float(seconds),
+        "z_first": None if used is None else used[0],
+        "z_last": None if used is None else used[1],
+        "scored_first": None if scored is None else scored[0],
+        "scored_last": None if scored is None else scored[1],
+        "true_first": true[0],
+        "true_last": true[1],
+    }
+
+
+def _save_prediction(out: Path, method: str, fold: int, scan: str, masks: dict, label_map, reference) -> None:
+    from fewshot_monai.data.io import save_volume
+
+    labels = np.zeros(reference.shape[1:], dtype=np.int16)
+    for organ, mask in masks.items():  # overlaps: the later organ wins
+        labels[mask] = label_map[organ]
+    save_volume(
+        labels[None], out / "predictions" / method / f"fold{fold}_{scan}.nii.gz", reference=reference, is_label=True
+    )
+
+
+def run_evaluation(config) -> dict:
+    """Evaluate a few-shot model (and optionally the registration baseline) with SSL-ALPNet's cross-validation.
+
+    Args:
+        config: an :class:`EvaluationConfig` or a mapping of its fields.
+
+    Returns:
+        the summary dictionary written to ``<out>/summary.json``: per-organ ``dice`` (mean over scans, 0..1),
+        ``dice_std``, ``dice_mean`` (mean of the organ means), ``hd95_mm``, ``asd_mm`` (+ ``_std``), ``n_scans``,
+        ``seconds_per_query``, ``protocol`` (every option, data folder, model description, date), ``folds``,
+        ``skipped``, ``outputs`` and, with a baseline, ``baseline: {"registration": {same keys}}``.
+    """
+    cfg = _coerce(config)
+    run = _EvaluationRun(cfg)
+    with tempfile.TemporaryDirectory(prefix="fewshot_eval_") as cache:
+        run.cache = Path(cache)
+        try:
+            run.run()
+        finally:
+            if run.worker is not None:
+                run.worker.close()
+        summary = run.summary()
+        _write_outputs(run, summary)
+    return summary
+
+
+class _EvaluationRun:
+    """The state of one evaluation: validated options, data, models, and the rows scored so far."""
+
+    def __init__(self, cfg: EvaluationConfig):
+        self.cfg = cfg
+        self.protocol = get_protocol(cfg.protocol)
+        self.refinement = get_refinement(cfg.pseudo_label)
+        self.worker = None
+        if cfg.baseline == "registration":
+            from fewshot_monai.evaluation.registration import RegistrationWorker, require_elastix
+
+            require_elastix()
+            self.worker = RegistrationWorker(threads=cfg.registration_threads)
+        self.data = _load_dataset(cfg)
+        self.organs = list(cfg.organs) if cfg.organs else list(self.data.label_map)
+        unknown = [o for o in self.organs if o not in self.data.label_map]
+        if unknown:
+            raise ValueError(f"unknown organ(s) {unknown}; the label map has {list(self.data.label_map)}")
+        self.all_folds = folds(self.data.order, n_folds=cfg.n_folds, shots=cfg.shots)
+        self.indices = list(range(len(self.all_folds))) if cfg.folds is None else [int(k) for k in cfg.folds]
+        bad = [k for k in self.indices if not 0 <= k < len(self.all_folds)]
+        if bad:
+            raise ValueError(f"fold index(es) {bad} out of range 0..{len(self.all_folds) - 1}")
+        self.models = _Models(cfg, self.data.modality)
+        self.models.check(self.indices)
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.methods = [METHOD_NAME] + (["registration"] if self.worker is not None else [])
+        self.rows: list[dict] = []
+        self.skipped: list[dict] = []
+        self.query_seconds: dict[str, dict] = {m: {} for m in self.methods}
+        self.model_descriptions: dict[int, str] = {}
+        self.cache: Path | None = None
+        self.started = time.perf_counter()
+
+    def load(self, scan_id: str) -> dict:
+        from fewshot_monai.data.io import load_case
+
+        item = self.data.items[scan_id]
+        return load_case(item["image"], item["label"], intensity=self.data.intensity, case_id=scan_id)
+
+    def skip(self, method: str, fold: int, scan: str, organ: str | None, reason: str) -> None:
+        logger.warning("skipped %s fold %s scan %s %s: %s", method, fold, scan, organ or "", reason)
+        self.skipped.append({"method": method, "fold": fold, "scan": scan, "organ": organ, "reason": reason})
+
+    def run(self) -> None:
+        bar = tqdm([self.all_folds[k] for k in self.indices], desc="folds", unit="fold", disable=not self.cfg.progress)
+        for fold in bar:
+            self.run_fold(fold)
+
+    def run_fold(self, fold: Fold) -> None:
+        model = self.models.get(fold.index)
+        self.model_descriptions[fold.index] = model.description
+        try:
+            supports = [self.load(s) for s in fold.support_ids]
+        except InputError as err:
+            for scan in fold.query_ids:
+                self.skip("all", fold.index, scan, None, f"support unreadable: {err}")
+            return
+        support_masks: dict[str, list] = {}
+        for organ in self.organs:
+            masks = [_organ_mask(s["label"], self.data.label_map[organ]) for s in supports]
+            empty = [s["id"] for s, m in zip(supports, masks) if not bool(m.any())]
+            if empty:
+                self.skip("all", fold.index, "*", organ, f"organ missing in support scan(s) {empty}")
+                continue
+            support_masks[organ] = masks
+        cfg = self.cfg
+        inferer = make_inferer(self.protocol, cfg.n_chunks, cfg.spatial_size, cfg.batch_size, self.refinement)
+        queries = list(fold.query_ids)[: cfg.limit_queries] if cfg.limit_queries else list(fold.query_ids)
+        bar = tqdm(queries, desc=f"fold {fold.index} scans", unit="scan", leave=False, disable=not cfg.progress)
+        for scan in bar:
+            self.run_query(fold, scan, model.network, inferer, supports, support_masks)
+
+    def run_query(self, fold: Fold, scan: str, network, inferer, supports, support_masks) -> None:
+        try:
+            query = self.load(scan)
+        except InputError as err:
+            self.skip("all", fold.index, scan, None, str(err))
+            return
+        truths = {}
+        for organ in support_masks:
+            truth = _organ_mask(query["label"], self.data.label_map[organ])
+            if not bool(truth.any()):
+                self.skip("all", fold.index, scan, organ, "organ missing in the query label")
+                continue
+            truths[organ] = truth
+        if not truths:
+            return
+        spacing = spacing_from_affine(query["image"].affine)
+        predictions: dict[str, dict[str, np.ndarray]] = {m: {} for m in self.methods}
+        total = 0.0
+        features = None  # the query is encoded once, by its first organ, and reused for the others
+        for organ, truth in truths.items():
+            start = time.perf_counter()
+            try:
+                pred, used = predict_organ(
+                    self.protocol,
+                    inferer,
+                    network,
+                    query["image"],
+                    [s["image"] for s in supports],
+                    support_masks[organ],
+                    query_mask=lambda truth=truth: truth,  # called by EP1 only
+                    query_features=features,
+                )
+            except InputError as err:
+                self.skip(METHOD_NAME, fold.index, scan, organ, str(err))
+                continue
+            seconds = time.perf_counter() - start
+            total += seconds
+            features = inferer.last_contexts[0].query_features
+            self.score(METHOD_NAME, fold, scan, organ, pred, truth, spacing, seconds, used)
+            predictions[METHOD_NAME][organ] = pred
+        if predictions[METHOD_NAME]:
+            self.query_seconds[METHOD_NAME][f"{fold.index}/{scan}"] = total
+        if self.worker is not None:
+            self.registration(fold, scan, query, truths, spacing, predictions)
+        for method, masks in predictions.items():
+            if masks:
+                np.savez_compressed(self.cache / f"{method}__{fold.index}__{scan}.npz", **masks)
+                if self.cfg.save_predictions:
+                    _save_prediction(self.out, method, fold.index, scan, masks, self.data.label_map, query["image"])
+
+    def score(self, method, fold: Fold, scan, organ, pred, truth, spacing, seconds, used) -> None:
+        truth_np = truth[0].cpu().numpy().astype(bool)
+        scored = self.protocol.scored_range(truth)
+        metrics = segmentation_metrics(pred, truth_np, spacing, scored)
+        label_id = self.data.label_map[organ]
+        row = _row(method, self.cfg, fold, scan, organ, label_id, metrics, seconds, used, scored, _extent(truth_np))
+        self.rows.append(row)
+
+    def registration(self, fold: Fold, scan: str, query, truths, spacing, predictions) -> None:
+        from fewshot_monai.evaluation.registration import fuse_organ, register_atlases
+
+        items = self.data.items
+        try:
+            atlas = register_atlases(
+                items[scan]["image"],
+                [items[s]["image"] for s in fold.support_ids],
+                [items[s]["label"] for s in fold.support_ids],
+                reference=query["image"],
+                worker=self.worker,
+                **self.cfg.extra.get("registration", {}),
+            )
+        except InputError as err:
+            for organ in truths:
+                self.skip("registration", fold.index, scan, organ, str(err))
+            return
+        self.query_seconds["registration"][f"{fold.index}/{scan}"] = atlas.seconds
+        for organ, truth in truths.items():
+            pred = fuse_organ(atlas, self.data.label_map[organ])
+            used = self.protocol.scored_range(truth) or _extent(pred)
+            self.score("registration", fold, scan, organ, pred, truth, spacing, atlas.seconds, used)
+            predictions["registration"][organ] = pred
+
+    def summary(self) -> dict:
+        import monai
+
+        import fewshot_monai
+
+        cfg, data = self.cfg, self.data
+        descriptions = sorted(set(self.model_descriptions.values()))
+        ours = [r for r in self.rows if r["method"] == METHOD_NAME]
+        summary = summarise_rows(ours, self.organs, self.query_seconds[METHOD_NAME])
+        summary["method"] = METHOD_NAME
+        summary["protocol"] = {
+            "dataset": cfg.dataset,
+            "data": str(Path(cfg.data).resolve()),
+            "protocol": self.protocol.name,
+            "protocol_description": self.protocol.description,
+            "setting": int(cfg.setting),
+            "folds": self.indices,
+            "n_folds": cfg.n_folds,
+            "shots": cfg.shots,
+            "pseudo_label": cfg.pseudo_label,
+            "baseline": cfg.baseline,
+            "organs": self.organs,
+            "label_map": {o: data.label_map[o] for o in self.organs},
+            "intensity": data.intensity,
+            "limit_queries": cfg.limit_queries,
+            "n_chunks": cfg.n_chunks,
+            "spatial_size": cfg.spatial_size,
+            "model_arg": cfg.model,
+            "model": descriptions[0] if len(descriptions) == 1 else "; ".join(descriptions),
+            "model_per_fold": {str(k): v for k, v in self.model_descriptions.items()},
+            "method_name": METHOD_NAME,
+            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "versions": {
+                "fewshot_monai": fewshot_monai.__version__,
+                "monai": monai.__version__,
+                "torch": torch.__version__,
+            },
+            "seconds_total": round(time.perf_counter() - self.started, 1),
+        }
+        summary["folds"] = [
+            {"index": f.index, "query_ids": list(f.query_ids), "support_ids": list(f.support_ids)}
+            for f in self.all_folds
+            if f.index in self.indices
+        ]
+        summary["skipped"] = self.skipped
+        if self.worker is not None:
+            rows = [r for r in self.rows if r["method"] == "registration"]
+            reg = summarise_rows(rows, self.organs, self.query_seconds["registration"])
+            reg["method"] = "registration"
+            reg["description"] = (
+                "single-atlas registration (itk-elastix affine + B-spline, support image -> query image), support "
+                "label warped with nearest neighbour; k-shot: majority vote"
+            )
+            reg["worker_startup_seconds"] = self.worker.startup_seconds  # once per run, not in seconds_per_query
+            summary["baseline"] = {"registration": reg}
+        return summary
+
+
+def _pick_cases(rows: Sequence[Mapping]) -> dict[str, tuple[int, str, float]]:
+    """Best, median and worst (fold, scan) of our method by the scan's mean Dice over organs."""
+    per_scan: dict[tuple[int, str], list[float]] = {}
+    for r in rows:
+        if r["method"] == METHOD_NAME:
+            per_scan.setdefault((r["fold"], r["scan"]), []).append(r["dice"])
+    if not per_scan:
+        return {}
+    ranked = sorted(((float(np.mean(v)), k) for k, v in per_scan.items()), key=lambda t: (t[0], str(t[1])))
+    picks = {"best": ranked[-1], "median": ranked[(len(ranked) - 1) // 2], "worst": ranked[0]}
+    out, seen = {}, set()
+    for name, (score, key) in picks.items():  # with fewer than three scans, each is shown once
+        if key not in seen:
+            seen.add(key)
+            out[name] = (key[0], key[1], score)
+    return out
+
+
+def _write_outputs(run: _EvaluationRun, summary: dict) -> None:
+    from fewshot_monai.utils.plotting import save_overlay_png
+
+    out, rows, organs = run.out, run.rows, run.organs
+    figures: dict[str, str] = {}
+    if save_boxplots(out / "boxplots.png", rows, organs) is not None:
+        figures["Per-scan Dice and HD95 per organ"] = "boxplots.png"
+    overlays = {}
+    if run.cfg.overlays:
+        for name, (fold, scan, score) in _pick_cases(rows).items():
+            path = run.cache / f"{METHOD_NAME}__{fold}__{scan}.npz"
+            if not path.is_file():
+                continue
+            try:
+                case = run.load(scan)
+            except InputError as err:  # pragma: no cover - it was readable a moment ago
+                logger.warning("overlay of scan %s skipped: %s", scan, err)
+                continue
+            with np.load(path) as saved:
+                predictions = {organ: saved[organ] for organ in saved.files}
+            truths = {o: (case["label"][0] == run.data.label_map[o]).cpu().numpy() for o in predictions}
+            png = f"overlay_{name}.png"
+            save_overlay_png(
+                out / png,
+                case["image"][0].cpu().numpy(),
+                predictions,
+                truths,
+                title=f"{name}: fold {fold} scan {scan}, mean Dice {score:.3f} (solid: prediction)",
+            )
+            figures[f"{name.capitalize()} case: fold {fold}, scan {scan} (mean Dice {score:.3f})"] = png
+            overlays[name] = {"fold": fold, "scan": scan, "mean_dice": score, "png": png}
+    summary["outputs"] = {
+        "per_scan_csv": "per_scan.csv",
+        "summary_json": "summary.json",
+        "report_md": "report.md",
+        "boxplots": "boxplots.png" if "boxplots.png" in figures.values() else None,
+        "overlays": overlays,
+    }
+    write_per_scan_csv(out / "per_scan.csv", rows)
+    write_summary_json(out / "summary.json", summary)
+    with atomic_write(out / "report.md") as fh:
+        fh.write(render_report(summary, figures))
