@@ -110,9 +110,12 @@ def run_demo(
     mask_path = out / "query_prediction.nii.gz"
     save_volume(label_map[None], mask_path, reference=query["image"], is_label=True)
     overlay_path = out / "overlay.png"
-    raw_query = load_case(query_paths[0])["image"][0].cpu().numpy()
-    save_overlay_png(
-        overlay_path, raw_query, predictions, truths, title="demo: query phantom, predicted (solid) vs truth (dashed)"
+    save_overlay_png(  # the displayed window is percentile-based, so the normalised query shows the same
+        overlay_path,
+        query["image"][0].cpu().numpy(),
+        predictions,
+        truths,
+        title="demo: query phantom, predicted (solid) vs truth (dashed)",
     )
     report = {
         "model": model.description,

@@ -17,6 +17,7 @@ of the label file that was expected.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -153,14 +154,11 @@ PHANTOM = DatasetDescriptor(
     label_pattern="{id}_label.nii.gz",
     description="synthetic MRI phantoms of fewshot_monai.data.phantoms.make_phantom_dataset (ids case0, case1, ...)",
 )
-PHANTOM_CT = DatasetDescriptor(
+PHANTOM_CT = dataclasses.replace(
+    PHANTOM,
     name="phantom_ct",
     modality="ct",
     intensity="ct",
-    label_map=dict(_CHAOS_LABELS),
-    all_labels=dict(_CHAOS_LABELS),
-    image_pattern="{id}_image.nii.gz",
-    label_pattern="{id}_label.nii.gz",
     description="synthetic CT phantoms (Hounsfield-like units) of make_phantom_dataset(modality='ct')",
 )
 DESCRIPTORS: dict[str, DatasetDescriptor] = {d.name: d for d in (CHAOS_T2SPIR, SABS_CT, PHANTOM, PHANTOM_CT)}
