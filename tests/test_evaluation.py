@@ -19,7 +19,7 @@ from fewshot_monai.evaluation.metrics import (
     spacing_from_affine,
 )
 from fewshot_monai.evaluation.protocols import get_protocol, make_inferer, predict_organ
-from fewshot_monai.evaluation.strategies import available_refinements, get_refinement, register_refinement
+from fewshot_monai.pseudolabel import available_refinements, get_refinement, register_refinement
 
 from .synthetic import blob_volume
 
@@ -272,3 +272,28 @@ def test_generic_layout_needs_and_uses_a_label_map(phantom_dir, tmp_path):
     )
     assert summary["protocol"]["label_map"] == {"liver": 1} and summary["n_scans"] == {"liver": 1}
     assert summary["folds"][0]["query_ids"] == ["ct_0"] and summary["protocol"]["intensity"] == "preprocessed"
+
+
+def test_pseudo_label_run_scores_plain_and_refined_with_diagnostics(phantom_dir, tmp_path):
+    from fewshot_monai.evaluation.runner import run_evaluation
+
+    out = tmp_path / "pl"
+    options = {"threshold": 0.3, "k_per_chunk": None, "neighbourhood": None, "min_area": 4}
+    summary = run_evaluation(
+        _config(phantom_dir, out, protocol="ep1", folds=[0], organs=["liver"], pseudo_label="slice",
+                pseudo_label_options=options, overlays=False)
+    )  # fmt: skip
+    with open(out / "per_scan.csv", newline="") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"fewshot", "fewshot_plain"}
+    refined, plain = rows["fewshot"], rows["fewshot_plain"]
+    assert int(refined["pl_slices"]) > 0 and 0.0 <= float(refined["pl_dice"]) <= 1.0
+    assert float(refined["pl_confidence"]) > 0.3 and plain["pl_slices"] == ""
+    assert float(plain["seconds"]) == pytest.approx(float(refined["seconds"]) - float(refined["pl_seconds"]), abs=1e-3)
+    pl = summary["pseudo_label"]
+    assert pl["strategy"]["strategy"] == "slice" and pl["strategy"]["threshold"] == 0.3
+    gain = summary["dice"]["liver"] - summary["plain"]["dice"]["liver"]
+    assert pl["dice_gain"]["liver"] == pytest.approx(gain) and pl["overhead_fraction"] > 0
+    report = (out / "report.md").read_text()
+    assert "| **fewshot+slice** (this run) |" in report and "| **fewshot_plain** (this run) |" in report
+    assert "## Inference-time pseudo-labelling" in report

@@ -59,7 +59,20 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--folds", type=_int_list, default=None, help="fold indices, e.g. 0,1,2,3,4 (default all)")
     parser.add_argument("--n-folds", type=int, default=5)
     parser.add_argument("--shots", type=int, default=1, help="support volumes per fold (k-shot)")
-    parser.add_argument("--pseudo-label", default="none", help="inference-time refinement strategy (default none)")
+    parser.add_argument(
+        "--pseudo-label",
+        default="none",
+        help="inference-time pseudo-labelling strategy: none (default), slice or window; the plain prediction of the "
+        "same model is scored in the same run",
+    )
+    parser.add_argument(
+        "--pseudo-label-option",
+        dest="pseudo_label_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="strategy option, e.g. threshold=0.95, k_per_chunk=3, weight=0.5, rounds=2 (repeatable; YAML values)",
+    )
     parser.add_argument("--baseline", choices=("none", "registration"), default="none")
     parser.add_argument("--organs", type=_name_list, default=None, help="comma-separated organ names (default all)")
     parser.add_argument("--label-map", type=_label_map, default=None, help="name=id,... (required for generic)")
@@ -87,6 +100,7 @@ def config_from_args(args: argparse.Namespace):
         n_folds=args.n_folds,
         shots=args.shots,
         pseudo_label=args.pseudo_label,
+        pseudo_label_options=_options(args.pseudo_label_options),
         baseline=args.baseline,
         organs=args.organs,
         label_map=args.label_map,
@@ -106,12 +120,36 @@ def _fmt(value, spec: str) -> str:
 def _table(summary: dict) -> str:
     """A plain-text Dice table for the terminal."""
     organs = summary["protocol"]["organs"]
-    methods = {summary.get("method", "fewshot"): summary, **summary.get("baseline", {})}
-    lines = ["method       " + "".join(f"{o:>14}" for o in organs) + "      mean   s/query"]
+    from fewshot_monai.evaluation.report import method_summaries
+
+    methods = method_summaries(summary)
+    width = max(13, *(len(n) + 1 for n in methods))
+    lines = ["method".ljust(width) + "".join(f"{o:>14}" for o in organs) + "      mean   s/query"]
     for name, s in methods.items():
         cells = "".join(f"{_fmt(s['dice'][o], '.3f'):>14}" for o in organs)
-        lines.append(f"{name:<13}{cells}{_fmt(s['dice_mean'], '.3f'):>10}{_fmt(s['seconds_per_query'], '.1f'):>10}")
+        mean, secs = _fmt(s["dice_mean"], ".3f"), _fmt(s["seconds_per_query"], ".1f")
+        lines.append(f"{name:<{width}}{cells}{mean:>10}{secs:>10}")
+    pl = summary.get("pseudo_label")
+    if pl:
+        overhead = pl.get("overhead_fraction")
+        lines.append(
+            f"pseudo-labelling: mean Dice gain {_fmt(pl['dice_mean_gain'], '+.3f')}, stage time "
+            f"{'n/a' if overhead is None else f'{100 * overhead:.1f}%'} of the plain prediction"
+        )
     return "\n".join(lines)
+
+
+def _options(items) -> dict:
+    """``["k=v", ...]`` -> ``{k: yaml(v)}``."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--pseudo-label-option: expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

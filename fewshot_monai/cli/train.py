@@ -11,6 +11,10 @@ Examples::
     fewshot-monai train --config configs/train_phantom.yaml --out runs/phantom
     fewshot-monai train --config configs/train_chaos.yaml --out runs/chaos --set data.exclude_scans=[2,3]
     fewshot-monai train --config configs/train_chaos.yaml --out runs/chaos --resume --iterations 20000
+    fewshot-monai train --config configs/train_chaos.yaml --fold 0 --out runs/chaos_fold0
+
+``--fold K`` trains the model of cross-validation fold K (``fewshot_monai.evaluation.folds``): the fold's query
+and support scans (``--fold-shots`` supports) are added to ``data.exclude_scans``, so the model never sees them.
 """
 
 from __future__ import annotations
@@ -46,8 +50,30 @@ def add_parser(subparsers) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set optimizer.lr=5e-4 --set data.exclude_scans=[2,3] (repeatable)",
     )
+    parser.add_argument("--fold", type=int, default=None, help="train fold K's model: exclude its queries and support")
+    parser.add_argument("--fold-shots", type=int, default=1, help="support scans per fold for --fold (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
+
+
+def exclude_fold(config: dict, fold: int, shots: int = 1, n_folds: int = 5) -> dict:
+    """``config`` with fold ``fold``'s query and support scans added to ``data.exclude_scans``."""
+    from fewshot_monai.data.datasets import datalist, get_descriptor
+    from fewshot_monai.evaluation.folds import folds
+
+    data = config["data"]
+    if not data.get("root"):
+        raise ValueError("--fold needs data.root (a dataset folder)")
+    all_folds = folds(datalist(data["root"], get_descriptor(data["descriptor"])), n_folds=n_folds, shots=shots)
+    if not 0 <= fold < len(all_folds):
+        raise ValueError(f"--fold {fold} out of range 0..{len(all_folds) - 1}")
+    chosen = all_folds[fold]
+    excluded = [str(s) for s in data.get("exclude_scans") or []]
+    for scan in (*chosen.query_ids, *chosen.support_ids):
+        if scan not in excluded:
+            excluded.append(scan)
+    logger.info("fold %d: training without scans %s", fold, ", ".join(excluded))
+    return {**config, "data": {**data, "exclude_scans": excluded}}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
         config = load_config(args.config, overrides)
+        if args.fold is not None:
+            config = exclude_fold(config, args.fold, args.fold_shots)
         summary = train_from_config(config, out, resume=args.resume, progress=False if args.no_progress else None)
     except (FewShotError, ValueError, OSError) as err:
         logger.error("%s", err)

@@ -99,6 +99,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "epoch_length": 1000,
         "checkpoint_interval": 1000,
         "keep_checkpoints": 2,
+        "snapshot_interval": None,
         "progress": True,
         "tensorboard": True,
         "threads": None,
@@ -439,6 +440,14 @@ class TrainingRun:
         return summary
 
 
+def _save_snapshot(network: torch.nn.Module, out_dir: Path, engine: Engine) -> None:
+    """Write ``out_dir/snapshots/model_<iteration>.pt`` (the network's state dict, atomically)."""
+    path = out_dir / "snapshots" / f"model_{engine.state.iteration}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, tmp)
+
+
 def _check_resume_config(stored_path: Path, config: Mapping) -> None:
     if not stored_path.is_file():
         return
@@ -612,6 +621,12 @@ def build_training(
     interval = int(tcfg["checkpoint_interval"])
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=interval), checkpoint)
     trainer.add_event_handler(Events.COMPLETED, lambda e: checkpoint(e) if e.state.iteration % interval else None)
+
+    snapshot_every = int(tcfg.get("snapshot_interval") or 0)
+    if snapshot_every > 0:  # model-only state dicts kept for learning curves: snapshots/model_<iteration>.pt
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED(every=snapshot_every), lambda e: _save_snapshot(network, out_dir, e)
+        )
 
     if resume_path is not None:
         state = torch.load(resume_path, map_location=device, weights_only=True)

@@ -127,3 +127,16 @@ def predict_organ(
     prediction = (torch.as_tensor(probabilities)[0, 1] > 0.5).cpu().numpy()
     used = inferer.last_contexts[0].z_range
     return prediction, (None if used is None else (int(used[0]), int(used[1])))
+
+
+def plain_prediction(inferer, query_image: torch.Tensor) -> np.ndarray:
+    """The binary (X, Y, Z) prediction *before* the inferer's refinement stage, for the last query it segmented.
+
+    The plain probabilities are kept in ``inferer.last_contexts[0].probabilities`` (slice stack); they are mapped
+    back to the query's geometry exactly as the refined ones are.
+    """
+    from fewshot_monai.transforms.slicing import slices_to_volume
+
+    probabilities = inferer.last_contexts[0].probabilities
+    volume = slices_to_volume(probabilities, query_image, mode="bilinear")
+    return (torch.as_tensor(volume)[1] > 0.5).cpu().numpy()

@@ -30,6 +30,7 @@ __all__ = [
     "write_summary_json",
     "save_boxplots",
     "render_report",
+    "method_summaries",
 ]
 
 #: columns of ``per_scan.csv``, one row per (method, fold, scan, organ)
@@ -52,6 +53,11 @@ CSV_COLUMNS = [
     "scored_last",
     "true_first",
     "true_last",
+    "pl_slices",
+    "pl_windows",
+    "pl_confidence",
+    "pl_dice",
+    "pl_seconds",
 ]
 
 _ORGANS4 = ("liver", "spleen", "left_kidney", "right_kidney")
@@ -260,12 +266,62 @@ def _mm(mean, std) -> str:
     return f"{mean:.1f} ± {(std or 0):.1f}"
 
 
+def _pseudo_label_section(pl: Mapping | None, organs: Sequence[str]) -> list[str]:
+    """Report lines on what inference-time pseudo-labelling did (empty without a strategy)."""
+    if not pl:
+        return []
+
+    def num(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    options = (
+        ", ".join(f"{k}={v}" for k, v in (pl.get("strategy") or {}).items())
+        if isinstance(pl.get("strategy"), Mapping)
+        else str(pl.get("strategy"))
+    )
+    overhead = pl.get("overhead_fraction")
+    lines = [
+        "",
+        "## Inference-time pseudo-labelling",
+        "",
+        f"Strategy: {options}. Mean Dice gain over the plain prediction of the same model and run: "
+        f"{num(None if pl.get('dice_mean_gain') is None else 100 * pl['dice_mean_gain'], '+.2f')} points; the "
+        f"stage took {num(None if overhead is None else 100 * overhead, '.1f')}% of the plain prediction's time.",
+        "",
+        "| organ | Dice gain (points) | slices transferred (mean) | their confidence | pseudo-label Dice | "
+        "cases without transfer |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for o in organs:
+        g = pl["dice_gain"].get(o)
+        d = pl["per_organ"].get(o, {})
+        pld = d.get("pseudo_label_dice_mean")
+        lines.append(
+            f"| {o} | {num(None if g is None else 100 * g, '+.2f')} | {num(d.get('slices_mean'), '.2f')} | "
+            f"{num(d.get('confidence_mean'), '.3f')} | {num(None if pld is None else 100 * pld, '.1f')} | "
+            f"{d.get('cases_without_transfer', 'n/a')} |"
+        )
+    return lines
+
+
+def method_summaries(summary: Mapping) -> dict[str, Mapping]:
+    """Every method's statistics in a run summary, in display order: ours (named after its pseudo-label strategy
+    when it has one), the plain prediction of the same run, then the baselines."""
+    proto = summary.get("protocol", {})
+    name = summary.get("method") or proto.get("method_name", "fewshot")
+    strategy = proto.get("pseudo_label") or "none"
+    methods = {name if strategy == "none" else f"{name}+{strategy}": summary}
+    if "plain" in summary:
+        methods[summary["plain"].get("method", "fewshot_plain")] = summary["plain"]
+    methods.update(summary.get("baseline", {}))
+    return methods
+
+
 def render_report(summary: Mapping, figures: Mapping[str, str] | None = None) -> str:
     """The Markdown report: our table per organ (mean ± std) beside the published numbers, figures, skipped cases."""
     proto = summary["protocol"]
     organs = list(proto["organs"])
-    methods = {proto.get("method_name", "fewshot"): summary}
-    methods.update(summary.get("baseline", {}))
+    methods = method_summaries(summary)
     lines = [
         f"# Few-shot evaluation: {proto['dataset']} {proto['protocol'].upper()}, setting {proto['setting']}, "
         f"{proto['shots']}-shot",
@@ -309,6 +365,7 @@ def render_report(summary: Mapping, figures: Mapping[str, str] | None = None) ->
             )
             + "Published means are over the four organs.",
         ]
+    lines += _pseudo_label_section(summary.get("pseudo_label"), organs)
     lines += [
         "",
         "## Distances (mm), mean ± std over scans where defined",

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from fewshot_monai.errors import InputError, UnreadableFileError
 from fewshot_monai.evaluation.folds import Fold, folds
 from fewshot_monai.evaluation.metrics import segmentation_metrics, spacing_from_affine
-from fewshot_monai.evaluation.protocols import get_protocol, make_inferer, predict_organ
+from fewshot_monai.evaluation.protocols import get_protocol, make_inferer, plain_prediction, predict_organ
+from fewshot_monai.evaluation.pseudo_labels import pseudo_label_record, pseudo_label_summary
 from fewshot_monai.evaluation.report import (
     render_report,
     save_boxplots,
@@ -40,7 +41,7 @@ from fewshot_monai.evaluation.report import (
     write_per_scan_csv,
     write_summary_json,
 )
-from fewshot_monai.evaluation.strategies import get_refinement
+from fewshot_monai.pseudolabel import get_refinement
 from fewshot_monai.utils.files import atomic_write
 
 __all__ = ["EvaluationConfig", "run_evaluation", "resolve_checkpoint", "METHOD_NAME", "BASELINES"]
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 #: name of our method in per_scan.csv and the report
 METHOD_NAME = "fewshot"
+#: name of the same model's plain prediction (no pseudo-labelling), scored in the same run when --pseudo-label is set
+PLAIN_METHOD_NAME = "fewshot_plain"
 BASELINES = ("none", "registration")
 DATASETS = ("chaos", "sabs", "generic", "phantom")
 
@@ -68,7 +71,9 @@ class EvaluationConfig:
         folds: fold indices to run (default: all).
         n_folds: number of cross-validation folds.
         shots: support volumes per fold (k-shot).
-        pseudo_label: refinement strategy (:mod:`fewshot_monai.evaluation.strategies`).
+        pseudo_label: refinement strategy (:mod:`fewshot_monai.pseudolabel.registry`); with a strategy, the same
+            model's plain prediction is scored too (method ``fewshot_plain``), from the same run.
+        pseudo_label_options: options of the strategy (e.g. ``{"threshold": 0.95, "k_per_chunk": 3}``).
         baseline: ``none`` or ``registration``.
         organs: organ names to evaluate (default: every organ of the label map).
         label_map: organ name -> label id, required for ``generic`` (overrides the descriptor's otherwise).
@@ -93,6 +98,7 @@ class EvaluationConfig:
     n_folds: int = 5
     shots: int = 1
     pseudo_label: str = "none"
+    pseudo_label_options: dict = field(default_factory=dict)
     baseline: str = "none"
     organs: list[str] | None = None
     label_map: dict[str, int] | None = None
@@ -298,7 +304,7 @@ class _EvaluationRun:
     def __init__(self, cfg: EvaluationConfig):
         self.cfg = cfg
         self.protocol = get_protocol(cfg.protocol)
-        self.refinement = get_refinement(cfg.pseudo_label)
+        self.refinement = get_refinement(cfg.pseudo_label, **dict(cfg.pseudo_label_options or {}))
         self.worker = None
         if cfg.baseline == "registration":
             from fewshot_monai.evaluation.registration import RegistrationWorker, require_elastix
@@ -319,7 +325,8 @@ class _EvaluationRun:
         self.models.check(self.indices)
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.methods = [METHOD_NAME] + (["registration"] if self.worker is not None else [])
+        plain = [PLAIN_METHOD_NAME] if self.refinement is not None else []
+        self.methods = [METHOD_NAME, *plain] + (["registration"] if self.worker is not None else [])
         self.rows: list[dict] = []
         self.skipped: list[dict] = []
         self.query_seconds: dict[str, dict] = {m: {} for m in self.methods}
@@ -383,7 +390,7 @@ class _EvaluationRun:
             return
         spacing = spacing_from_affine(query["image"].affine)
         predictions: dict[str, dict[str, np.ndarray]] = {m: {} for m in self.methods}
-        total = 0.0
+        total = plain_total = 0.0
         features = None  # the query is encoded once, by its first organ, and reused for the others
         for organ, truth in truths.items():
             start = time.perf_counter()
@@ -403,11 +410,22 @@ class _EvaluationRun:
                 continue
             seconds = time.perf_counter() - start
             total += seconds
-            features = inferer.last_contexts[0].query_features
-            self.score(METHOD_NAME, fold, scan, organ, pred, truth, spacing, seconds, used)
+            context = inferer.last_contexts[0]
+            features = context.query_features
+            extra = {}
+            if self.refinement is not None:
+                extra = pseudo_label_record(context, truth, self.cfg.spatial_size)
+                plain_seconds = seconds - extra["pl_seconds"]
+                plain_total += plain_seconds
+                plain = plain_prediction(inferer, query["image"])
+                self.score(PLAIN_METHOD_NAME, fold, scan, organ, plain, truth, spacing, plain_seconds, used)
+                predictions[PLAIN_METHOD_NAME][organ] = plain
+            self.score(METHOD_NAME, fold, scan, organ, pred, truth, spacing, seconds, used, extra)
             predictions[METHOD_NAME][organ] = pred
         if predictions[METHOD_NAME]:
             self.query_seconds[METHOD_NAME][f"{fold.index}/{scan}"] = total
+            if self.refinement is not None:
+                self.query_seconds[PLAIN_METHOD_NAME][f"{fold.index}/{scan}"] = plain_total
         if self.worker is not None:
             self.registration(fold, scan, query, truths, spacing, predictions)
         for method, masks in predictions.items():
@@ -416,13 +434,13 @@ class _EvaluationRun:
                 if self.cfg.save_predictions:
                     _save_prediction(self.out, method, fold.index, scan, masks, self.data.label_map, query["image"])
 
-    def score(self, method, fold: Fold, scan, organ, pred, truth, spacing, seconds, used) -> None:
+    def score(self, method, fold: Fold, scan, organ, pred, truth, spacing, seconds, used, extra=None) -> None:
         truth_np = truth[0].cpu().numpy().astype(bool)
         scored = self.protocol.scored_range(truth)
         metrics = segmentation_metrics(pred, truth_np, spacing, scored)
         label_id = self.data.label_map[organ]
         row = _row(method, self.cfg, fold, scan, organ, label_id, metrics, seconds, used, scored, _extent(truth_np))
-        self.rows.append(row)
+        self.rows.append({**row, **(extra or {})})
 
     def registration(self, fold: Fold, scan: str, query, truths, spacing, predictions) -> None:
         from fewshot_monai.evaluation.registration import fuse_organ, register_atlases
@@ -493,6 +511,13 @@ class _EvaluationRun:
             if f.index in self.indices
         ]
         summary["skipped"] = self.skipped
+        if self.refinement is not None:
+            plain_rows = [r for r in self.rows if r["method"] == PLAIN_METHOD_NAME]
+            plain = summarise_rows(plain_rows, self.organs, self.query_seconds[PLAIN_METHOD_NAME])
+            plain["method"] = PLAIN_METHOD_NAME
+            plain["description"] = "the same model and run without pseudo-labelling (the stage's input)"
+            summary["plain"] = plain
+            summary["pseudo_label"] = pseudo_label_summary(ours, summary, plain, self.organs, self.refinement)
         if self.worker is not None:
             rows = [r for r in self.rows if r["method"] == "registration"]
             reg = summarise_rows(rows, self.organs, self.query_seconds["registration"])

@@ -141,7 +141,7 @@ class ALPNet(nn.Module):
 
     def load_weights(self, path: str | PathLike) -> None:
         """Load a full ALPNet state dict saved with ``torch.save(net.state_dict(), path)`` (``weights_only=True``,
-        ``strict=True``).
+        ``strict=True``), or the ``"model"`` entry of a training checkpoint (``checkpoints/checkpoint_<n>.pt``).
 
         Raises:
             UnreadableFileError: the file is missing or not a readable state dict.
@@ -153,6 +153,8 @@ class ALPNet(nn.Module):
             raise UnreadableFileError(path, f"cannot read ALPNet weights ({type(err).__name__}: {err})") from err
         if not isinstance(state, dict):
             raise UnreadableFileError(path, f"expected a state dict, found {type(state).__name__}")
+        if isinstance(state.get("model"), dict) and "trainer" in state:  # a training checkpoint
+            state = state["model"]
         try:
             self.load_state_dict(state, strict=True)
         except RuntimeError as err:

@@ -303,6 +303,11 @@ class PrototypeBank:
         if not found:
             raise KeyError(f"no prototypes tagged {tag!r}; tags are {self.tags}.")
 
+    def copy(self) -> PrototypeBank:
+        """A copy with its own list of groups (the prototype tensors are shared, they are never modified in place):
+        adding to or removing from the copy leaves this bank as it is."""
+        return self._copy(lambda t: t)
+
     def detach(self) -> PrototypeBank:
         """A copy whose prototype tensors are detached from the autograd graph."""
         return self._copy(lambda t: t.detach())

@@ -1,0 +1,158 @@
+"""Choose the pseudo-labelling options on one fold: a fast sweep over cached plain predictions.
+
+Every query of the fold is encoded and scored once (plain EP1/EP2 protocol); each candidate strategy then only
+re-scores the cached features, and is judged by the Dice of the slice stacks (256 x 256, the protocol's
+resolution) against the truth, averaged over scans per organ as in the evaluation. The final figures come from
+``fewshot-monai evaluate`` (volume geometry, all folds); this script only ranks options, on the fold it is given.
+
+    python benchmarks/pseudo_label_sweep.py --data ../shared/data/chaos_t2spir --dataset chaos --fold 0 \\
+        --model runs/models_chaos/fold0_setting1.pt --protocol ep1 --out runs/sweep_chaos_f0.json
+
+Also prints, per organ, how the slice confidence relates to the slice's true Dice (is the confidence informative?).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fewshot_monai.data.datasets import datalist, get_descriptor
+from fewshot_monai.data.io import load_case
+from fewshot_monai.evaluation.folds import folds
+from fewshot_monai.evaluation.protocols import get_protocol, make_inferer, predict_organ
+from fewshot_monai.pseudolabel import SliceSelection, SupportExpansion, WindowSelection, pixel_confidence
+from fewshot_monai.pseudolabel.confidence import region_confidence
+from fewshot_monai.transforms.labels import organ_z_extent
+from fewshot_monai.transforms.slicing import volume_to_slices
+from fewshot_monai.zoo import load_model
+
+
+def dice(pred: torch.Tensor, true: torch.Tensor) -> float:
+    total = float(pred.sum() + true.sum())
+    return 1.0 if total == 0 else 2.0 * float((pred & true).sum()) / total
+
+
+def collect(args):
+    """Plain contexts and truth stacks of every (scan, organ) of the fold."""
+    descriptor = get_descriptor(args.dataset)
+    items = datalist(args.data, descriptor)
+    fold = folds(items, shots=args.shots)[args.fold]
+    by_id = {str(it["id"]): it for it in items}
+    model = load_model(args.model, descriptor.modality).network
+    protocol = get_protocol(args.protocol)
+    inferer = make_inferer(protocol)
+
+    def case(i):
+        return load_case(by_id[i]["image"], by_id[i]["label"], intensity=descriptor.intensity, case_id=i)
+
+    supports = [case(s) for s in fold.support_ids]
+    cached = []
+    for scan in fold.query_ids:
+        query = case(scan)
+        features = None
+        for organ, lid in descriptor.label_map.items():
+            truth = (query["label"] == lid).float()
+            masks = [(s["label"] == lid).float() for s in supports]
+            if not truth.any() or not all(m.any() for m in masks):
+                continue
+            start = time.perf_counter()
+            predict_organ(protocol, inferer, model, query["image"], [s["image"] for s in supports], masks,
+                          query_mask=lambda t=truth: t, query_features=features)
+            context = inferer.last_contexts[0]
+            features = context.query_features
+            stack = volume_to_slices(truth, 256, 1, "nearest")[:, 0] > 0.5
+            scored = organ_z_extent(truth) if protocol.uses_query_range else (0, stack.shape[0] - 1)
+            cached.append({"scan": scan, "organ": organ, "context": context, "truth": stack, "scored": scored,
+                           "seconds": time.perf_counter() - start})
+            print(f"cached scan {scan} {organ}", flush=True)
+    return model, inferer.protocol, cached
+
+
+def evaluate(model, protocol, cached, stage) -> dict:
+    per_organ: dict[str, list[float]] = {}
+    seconds = 0.0
+    for c in cached:
+        ctx = c["context"]
+        probs = ctx.probabilities if stage is None else stage(model, protocol, ctx)
+        if stage is not None:
+            seconds += ctx.diagnostics["pseudo_label"]["seconds"]
+        a, b = c["scored"]
+        pred = probs[a : b + 1, 1] > 0.5
+        per_organ.setdefault(c["organ"], []).append(dice(pred, c["truth"][a : b + 1]))
+    means = {o: float(np.mean(v)) for o, v in per_organ.items()}
+    return {"dice": means, "dice_mean": float(np.mean(list(means.values()))), "stage_seconds": seconds}
+
+
+def confidence_report(cached, measure="max_prob"):
+    """Spearman-like check: per organ, correlation of slice confidence with the slice's true Dice."""
+    out = {}
+    for organ in sorted({c["organ"] for c in cached}):
+        conf, true_dice = [], []
+        for c in (x for x in cached if x["organ"] == organ):
+            ctx = c["context"]
+            probs = ctx.probabilities
+            fg = probs[:, 1] > 0.5
+            sc = region_confidence(pixel_confidence(probs, measure), fg)
+            for z in torch.nonzero(ctx.chunk_of_slice >= 0).flatten().tolist():
+                if fg[z].sum() >= 64:
+                    conf.append(float(sc[z]))
+                    true_dice.append(dice(fg[z], c["truth"][z]))
+        conf, true_dice = np.array(conf), np.array(true_dice)
+        r = float(np.corrcoef(conf, true_dice)[0, 1]) if len(conf) > 2 else float("nan")
+        q = np.quantile(conf, [0.1, 0.5, 0.9]).round(3).tolist() if len(conf) else []
+        top = true_dice[conf >= np.quantile(conf, 0.8)].mean() if len(conf) else float("nan")
+        out[organ] = {"n": len(conf), "corr": round(r, 3), "conf_q10_50_90": q,
+                      "dice_all": round(float(true_dice.mean()), 3), "dice_top20pct_conf": round(float(top), 3)}
+    return out
+
+
+def grid(spec: dict):
+    keys = list(spec)
+    for values in itertools.product(*(spec[k] for k in keys)):
+        yield dict(zip(keys, values))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--dataset", default="chaos")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--model", default=None)
+    p.add_argument("--protocol", default="ep1")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    model, protocol, cached = collect(args)
+    results = {"args": vars(args), "confidence": {m: confidence_report(cached, m) for m in ("max_prob", "entropy")}}
+    print(json.dumps(results["confidence"], indent=1))
+    runs = [{"name": "plain", **evaluate(model, protocol, cached, None)}]
+    slice_grid = grid({"threshold": [0.5, 0.7, 0.8, 0.9], "k_per_chunk": [1, 3, None], "neighbourhood": [0, None],
+                       "weight": [0.5, 1.0]})
+    window_grid = grid({"window_threshold": [0.7, 0.9], "fg_fraction": [0.5, 0.95], "k_per_chunk": [3, None],
+                        "neighbourhood": [0, None], "weight": [0.5, 1.0]})
+    for kind, cls, spec in (("slice", SliceSelection, slice_grid), ("window", WindowSelection, window_grid)):
+        for opts in spec:
+            weight = opts.pop("weight")
+            stage = SupportExpansion(cls(**opts), weight=weight)
+            r = evaluate(model, protocol, cached, stage)
+            runs.append({"name": kind, **opts, "weight": weight, **r})
+            print(kind, opts, weight, round(r["dice_mean"], 4), {o: round(v, 3) for o, v in r["dice"].items()},
+                  flush=True)
+    results["runs"] = runs
+    results["plain_seconds"] = sum(c["seconds"] for c in cached)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    best = sorted(runs, key=lambda r: -r["dice_mean"])[:10]
+    for r in best:
+        print(round(r["dice_mean"], 4), {k: v for k, v in r.items() if k not in ("dice", "dice_mean")})
+
+
+if __name__ == "__main__":
+    main()

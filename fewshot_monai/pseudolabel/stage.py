@@ -1,0 +1,121 @@
+"""Inference-time pseudo-labelling as a refinement stage of :class:`~fewshot_monai.inferers.FewShotVolumeInferer`.
+
+Following "Improving 3D Few-Shot Segmentation with Inference-Time Pseudo-Labeling" (arXiv 2410.09967): the query
+volume is unlabelled data we already hold, so use it.
+
+1. initial scores: the plain protocol scores every query slice from the support prototypes (done by the inferer);
+2. confidence-aware transfer: a selection strategy (:mod:`fewshot_monai.pseudolabel.selection`) picks the most
+   reliable query slices or windows and adds their prototypes, with a weight, to each chunk's prototype bank;
+3. final prediction: every query slice is scored again from the expanded banks.
+
+Nothing is retrained and nothing is encoded again: stages 2 and 3 reuse the cached query features of stage 1,
+so the extra cost is the re-scoring. ``rounds`` > 1 repeats 2-3 from the previous round's prediction (the banks
+are rebuilt from the support each round, so pseudo prototypes never pile up).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from fewshot_monai.pseudolabel.confidence import perturb_probabilities
+from fewshot_monai.pseudolabel.selection import SliceSelection
+
+__all__ = ["SupportExpansion", "PSEUDO_TAG"]
+
+#: tag of the pseudo-labelled prototypes in the expanded banks
+PSEUDO_TAG = "pseudo"
+
+
+class SupportExpansion:
+    """Confidence-aware support expansion: the refinement stage ``(network, protocol, context) -> probabilities``.
+
+    Args:
+        selection: the selection strategy (default :class:`~fewshot_monai.pseudolabel.SliceSelection()`).
+        weight: weight of the pseudo prototypes against the support's (1: equal; 0: off, the plain prediction).
+        rounds: T, the number of select-and-rescore rounds.
+        temperature: temperature applied to the probabilities the selection sees (robustness studies; 1 = none).
+        noise_std: Gaussian logit noise added to the probabilities the selection sees (robustness; 0 = none).
+        seed: seed of that noise.
+
+    After a call, ``context.diagnostics["pseudo_label"]`` describes what was transferred (per round: slices,
+    their chunks, confidences and areas, windows, prototypes added, seconds) and
+    ``context.diagnostics["pseudo_slices"]`` holds the last round's :class:`~fewshot_monai.pseudolabel.PseudoSlice`
+    objects (with their masks, e.g. to score the pseudo-labels against a ground truth).
+    """
+
+    def __init__(
+        self,
+        selection: Any = None,
+        weight: float = 1.0,
+        rounds: int = 1,
+        temperature: float = 1.0,
+        noise_std: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if int(rounds) < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        if not float(weight) >= 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        self.selection = SliceSelection() if selection is None else selection
+        self.weight = float(weight)
+        self.rounds = int(rounds)
+        self.temperature = float(temperature)
+        self.noise_std = float(noise_std)
+        self.seed = int(seed)
+        perturb_probabilities(torch.full((1, 2, 1, 1), 0.5), self.temperature, self.noise_std)  # validate
+
+    def __repr__(self) -> str:
+        return (
+            f"SupportExpansion(selection={self.selection!r}, weight={self.weight}, rounds={self.rounds}, "
+            f"temperature={self.temperature}, noise_std={self.noise_std})"
+        )
+
+    def options(self) -> dict:
+        return {
+            "strategy": getattr(self.selection, "name", type(self.selection).__name__),
+            **self.selection.options(),
+            "weight": self.weight,
+            "rounds": self.rounds,
+            "temperature": self.temperature,
+            "noise_std": self.noise_std,
+        }
+
+    @torch.no_grad()
+    def __call__(self, network, protocol, context) -> torch.Tensor:
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(self.seed)
+        probabilities = context.probabilities
+        rounds: list[dict] = []
+        last = None
+        feature_size = tuple(context.query_features.shape[-2:])
+        bank_window = context.banks[0].window if context.banks else 2
+        for t in range(self.rounds if self.weight > 0 else 0):
+            seen = perturb_probabilities(probabilities, self.temperature, self.noise_std, generator)
+            selection = self.selection.select(seen, context.chunk_of_slice, feature_size, bank_window)
+            record = {"round": t + 1, **selection.describe(), "prototypes_added": 0}
+            rounds.append(record)
+            last = selection
+            if not selection:
+                break
+            updated = probabilities.clone()
+            for chunk, chosen in sorted(selection.per_chunk.items()):
+                bank = context.banks[chunk].copy()
+                record["prototypes_added"] += self.selection.transfer(
+                    bank, context.query_features, chosen, self.weight, tag=PSEUDO_TAG
+                )
+                idx = torch.nonzero(context.chunk_of_slice == chunk).flatten()
+                updated[idx] = protocol.score(network, context.query_features[idx], bank, context.output_size)
+            probabilities = updated
+        context.diagnostics["pseudo_label"] = {
+            **self.options(),
+            "rounds_run": rounds,
+            "n_slices": rounds[-1]["n_slices"] if rounds else 0,
+            "n_windows": rounds[-1].get("n_windows") if rounds else None,
+            "mean_confidence": rounds[-1]["mean_confidence"] if rounds else None,
+            "seconds": time.perf_counter() - start,
+        }
+        context.diagnostics["pseudo_slices"] = last.slices() if last else []
+        return probabilities
