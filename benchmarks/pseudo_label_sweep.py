@@ -118,6 +118,24 @@ def grid(spec: dict):
         yield dict(zip(keys, values))
 
 
+#: option grids: "coarse" (first pass: thresholds, k, neighbourhood, weight) and "fine" (around its best)
+GRIDS = {
+    "coarse": [
+        ("slice", {"threshold": [0.5, 0.7, 0.8, 0.9], "k_per_chunk": [1, 3, None], "neighbourhood": [0, None],
+                   "weight": [0.5, 1.0]}),
+        ("window", {"window_threshold": [0.7, 0.9], "fg_fraction": [0.5, 0.95], "k_per_chunk": [3, None],
+                    "neighbourhood": [0, None], "weight": [0.5, 1.0]}),
+    ],
+    "fine": [
+        ("slice", {"threshold": [0.3, 0.5], "k_per_chunk": [None], "neighbourhood": [None],
+                   "largest_component": [True, False], "weight": [1.0], "rounds": [1, 2]}),
+        ("window", {"window_threshold": [0.5, 0.7], "fg_fraction": [0.95], "k_per_chunk": [None],
+                    "neighbourhood": [None], "largest_component": [True, False], "window": [1, 2, 4],
+                    "weight": [1.0], "rounds": [1]}),
+    ],
+}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -126,6 +144,7 @@ def main():
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--model", default=None)
     p.add_argument("--protocol", default="ep1")
+    p.add_argument("--grid", choices=sorted(GRIDS), default="coarse")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -133,17 +152,16 @@ def main():
     results = {"args": vars(args), "confidence": {m: confidence_report(cached, m) for m in ("max_prob", "entropy")}}
     print(json.dumps(results["confidence"], indent=1))
     runs = [{"name": "plain", **evaluate(model, protocol, cached, None)}]
-    slice_grid = grid({"threshold": [0.5, 0.7, 0.8, 0.9], "k_per_chunk": [1, 3, None], "neighbourhood": [0, None],
-                       "weight": [0.5, 1.0]})
-    window_grid = grid({"window_threshold": [0.7, 0.9], "fg_fraction": [0.5, 0.95], "k_per_chunk": [3, None],
-                        "neighbourhood": [0, None], "weight": [0.5, 1.0]})
-    for kind, cls, spec in (("slice", SliceSelection, slice_grid), ("window", WindowSelection, window_grid)):
-        for opts in spec:
-            weight = opts.pop("weight")
-            stage = SupportExpansion(cls(**opts), weight=weight)
+    print("plain", round(runs[0]["dice_mean"], 4), {o: round(v, 3) for o, v in runs[0]["dice"].items()}, flush=True)
+    grids = GRIDS[args.grid]
+    for kind, spec in grids:
+        cls = {"slice": SliceSelection, "window": WindowSelection}[kind]
+        for opts in grid(spec):
+            stage_opts = {k: opts.pop(k) for k in ("weight", "rounds") if k in opts}
+            stage = SupportExpansion(cls(**opts), **stage_opts)
             r = evaluate(model, protocol, cached, stage)
-            runs.append({"name": kind, **opts, "weight": weight, **r})
-            print(kind, opts, weight, round(r["dice_mean"], 4), {o: round(v, 3) for o, v in r["dice"].items()},
+            runs.append({"name": kind, **opts, **stage_opts, **r})
+            print(kind, opts, stage_opts, round(r["dice_mean"], 4), {o: round(v, 3) for o, v in r["dice"].items()},
                   flush=True)
     results["runs"] = runs
     results["plain_seconds"] = sum(c["seconds"] for c in cached)

@@ -190,3 +190,25 @@ def test_gradients_flow_and_detach():
     det = bank.detach()
     assert not det.fg_prototypes.requires_grad and len(det) == len(bank)
     assert det.to(torch.float64).fg_prototypes.dtype == torch.float64
+
+
+def test_statistics_of_two_banks_merge_to_the_score_of_their_union():
+    from fewshot_monai.networks.prototypes import merge_statistics, score_statistics
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 16, 8, 8, generator=g)
+    masks = (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float()
+    support = PrototypeBank.from_support(feats[:1], masks[:1], window=2, threshold=0.5)
+    union = support.copy()
+    union.add(feats[1:], masks[1:], weight=0.5, tag="pseudo", window=2, threshold=0.5)
+    extra = PrototypeBank(window=2, threshold=0.5)
+    extra.add(feats[1:], masks[1:], weight=0.5, tag="pseudo", window=2, threshold=0.5)
+    query = torch.randn(3, 16, 8, 8, generator=g)
+    _, merged = merge_statistics(score_statistics(query, support), score_statistics(query, extra))
+    assert torch.allclose(merged, union.score(query), atol=1e-5)
+    only_fg = PrototypeBank()
+    only_fg.add_prototypes(fg=torch.randn(2, 16, generator=g))
+    mass, value = score_statistics(query, only_fg)
+    assert torch.isinf(mass[:, 0]).all() and (value[:, 0] == 0).all()  # no background prototype: neutral
+    _, same = merge_statistics(score_statistics(query, support), (mass, value))
+    assert torch.allclose(same[:, 0], support.score(query)[:, 0], atol=1e-6)

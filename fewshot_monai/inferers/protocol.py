@@ -58,6 +58,9 @@ class FewShotContext:
         z_range: inclusive (first, last) query slices that were scored, or None if no organ was found.
         output_size: (H, W) of the slices.
         diagnostics: free-form information for reports (filled by stages).
+        statistics: for networks with ``score_statistics`` (ALPNet), the per-class ``(log_mass, logits)`` of every
+            scored slice against its chunk's bank, ``(Z, 2, h, w)`` each (unscored slices: zeros), so that a stage
+            adding prototypes scores only those and merges (``FewShotSliceProtocol.score_added``).
     """
 
     query_features: torch.Tensor
@@ -67,6 +70,7 @@ class FewShotContext:
     z_range: tuple[int, int] | None
     output_size: tuple[int, int]
     diagnostics: dict = field(default_factory=dict)
+    statistics: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def support_set_from_stacks(
@@ -144,6 +148,24 @@ class FewShotSliceProtocol:
         ]
         return torch.cat(out) if out else features.new_zeros((0, 2, *output_size))
 
+    @torch.no_grad()
+    def statistics(self, network, features: torch.Tensor, bank) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mergeable score statistics ``(log_mass, logits)`` of cached features against a bank, in batches."""
+        step = self.batch_size
+        parts = [network.score_statistics(features[i : i + step], bank) for i in range(0, len(features), step)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    @torch.no_grad()
+    def score_added(self, network, context: FewShotContext, index: torch.Tensor, added_bank) -> torch.Tensor:
+        """Probabilities ``(len(index), 2, H, W)`` of slices ``index`` against their chunk's bank *plus* the
+        prototypes of ``added_bank``, scoring only the latter (merged with ``context.statistics``)."""
+        from fewshot_monai.networks.prototypes import merge_statistics
+
+        base = (context.statistics[0][index], context.statistics[1][index])
+        added = self.statistics(network, context.query_features[index], added_bank)
+        _, logits = merge_statistics(base, added)
+        return torch.softmax(network.upsample(logits, context.output_size), dim=1)
+
     def chunk_assignment(self, n_slices: int, z_range: tuple[int, int] | None) -> torch.Tensor:
         """(Z,) chunk index per query slice, -1 outside ``z_range``."""
         chunk = torch.full((n_slices,), -1, dtype=torch.long)
@@ -158,9 +180,19 @@ class FewShotSliceProtocol:
         n = context.query_features.shape[0]
         probs = torch.zeros((n, 2, *context.output_size), dtype=torch.float32)
         probs[:, 0] = 1.0
+        mergeable = hasattr(network, "score_statistics") and hasattr(network, "upsample")
+        if mergeable:
+            shape = (n, 2, *context.query_features.shape[-2:])
+            context.statistics = (torch.zeros(shape), torch.zeros(shape))
         for c, bank in enumerate(context.banks):
             idx = torch.nonzero(context.chunk_of_slice == c).flatten()
-            if idx.numel():
+            if not idx.numel():
+                continue
+            if mergeable:
+                mass, logits = self.statistics(network, context.query_features[idx], bank)
+                context.statistics[0][idx], context.statistics[1][idx] = mass, logits
+                probs[idx] = torch.softmax(network.upsample(logits, context.output_size), dim=1)
+            else:
                 probs[idx] = self.score(network, context.query_features[idx], bank, context.output_size)
         return probs
 

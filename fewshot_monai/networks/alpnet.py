@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from fewshot_monai.errors import EmptyMaskError, InputError, NonFiniteError, UnreadableFileError
 from fewshot_monai.networks.encoders import build_encoder
-from fewshot_monai.networks.prototypes import PrototypeBank, score_query
+from fewshot_monai.networks.prototypes import PrototypeBank, score_query, score_statistics
 
 __all__ = ["ALPNet", "Alpnet", "alpnet"]
 
@@ -245,7 +245,17 @@ class ALPNet(nn.Module):
         Returns:
             logits ``(B, 2, H, W)`` (background, foreground).
         """
-        logits = score_query(query_features, bank, self.scale)
+        return self.upsample(score_query(query_features, bank, self.scale), output_size)
+
+    def score_statistics(self, query_features: torch.Tensor, bank: PrototypeBank) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mergeable per-class statistics ``(log_mass, logits)`` at feature resolution
+        (:func:`~fewshot_monai.networks.prototypes.score_statistics`): ``logits`` equals :meth:`score` without
+        upsampling, and the statistics of prototypes added later merge with these without re-scoring them."""
+        return score_statistics(query_features, bank, self.scale)
+
+    @staticmethod
+    def upsample(logits: torch.Tensor, output_size: Sequence[int] | None) -> torch.Tensor:
+        """Bilinear upsampling of ``(B, 2, h, w)`` logits to ``output_size`` (``None``: unchanged)."""
         if output_size is not None and tuple(output_size) != tuple(logits.shape[-2:]):
             logits = F.interpolate(
                 logits, size=tuple(int(s) for s in output_size), mode="bilinear", align_corners=False

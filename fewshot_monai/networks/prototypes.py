@@ -28,6 +28,9 @@ __all__ = [
     "pool_windows",
     "local_prototypes",
     "score_query",
+    "diverse_subset",
+    "score_statistics",
+    "merge_statistics",
 ]
 
 _EPS = 1e-8
@@ -116,6 +119,29 @@ def local_prototypes(
         fg_sel, bg_sel = fg_sel & valid, bg_sel & valid
     vectors = pooled.permute(0, 2, 3, 1)  # (K, gh, gw, C)
     return vectors[fg_sel[:, 0]], vectors[bg_sel[:, 0]]
+
+
+def diverse_subset(prototypes: torch.Tensor, m: int | None) -> torch.Tensor:
+    """At most ``m`` of the ``(P, C)`` prototypes, spread over feature space (greedy farthest-point sampling in
+    cosine distance, starting from the one closest to their mean); all of them when ``P <= m`` or ``m`` is None.
+
+    Deterministic. Scoring cost grows with the number of prototypes, and near-duplicates add little to ALPNet's
+    soft-maximum scoring, so a diverse subset keeps most of a large set's information.
+    """
+    if m is None or prototypes.shape[0] <= int(m):
+        return prototypes
+    m = int(m)
+    if m < 1:
+        return prototypes[:0]
+    unit = F.normalize(prototypes, dim=1, eps=_EPS)
+    first = int(torch.argmax(unit @ F.normalize(unit.mean(0), dim=0, eps=_EPS)))
+    chosen = [first]
+    distance = 1.0 - unit @ unit[first]
+    for _ in range(m - 1):
+        nxt = int(torch.argmax(distance))
+        chosen.append(nxt)
+        distance = torch.minimum(distance, 1.0 - unit @ unit[nxt])
+    return prototypes[torch.as_tensor(sorted(chosen), dtype=torch.long)]
 
 
 @dataclass
@@ -410,6 +436,24 @@ def score_query(query_features: torch.Tensor, bank: PrototypeBank, scale: float 
     Raises:
         ValueError: a class has no prototype with positive weight, or the channel counts differ.
     """
+    log_mass, value = score_statistics(query_features, bank, scale)
+    for k, name in ((0, "background"), (1, "foreground")):
+        if bool(torch.isinf(log_mass[:, k]).all()):
+            raise ValueError(f"the prototype bank has no {name} prototype with a positive weight.")
+    return value
+
+
+def score_statistics(
+    query_features: torch.Tensor, bank: PrototypeBank, scale: float = 20.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two quantities behind :func:`score_query`, per class and pixel, which merge across banks.
+
+    Returns:
+        ``log_mass`` ``(B, 2, h, w)``: ``logsumexp_p(s_p + log w_p)`` over the class's prototypes (``-inf`` when
+        the class has none), and ``value`` ``(B, 2, h, w)``: the class score ``sum_p softmax_p(s_p + log w_p) s_p``
+        (0 when none). Scoring a bank ``A + B`` equals :func:`merge_statistics` of scoring ``A`` and ``B`` apart,
+        so prototypes added to a bank can be scored alone and merged with the cached statistics of the rest.
+    """
     if query_features.ndim != 4:
         raise ValueError(f"query features must be (B, C, h, w), got shape {tuple(query_features.shape)}.")
     b, c, h, w = query_features.shape
@@ -422,18 +466,32 @@ def score_query(query_features: torch.Tensor, bank: PrototypeBank, scale: float 
         protos = torch.cat([e.fg, e.bg]).to(device=q.device, dtype=q.dtype)
         if protos.shape[-1] != c:
             raise ValueError(f"prototypes have {protos.shape[-1]} channels but the query features have {c}.")
-        s = scale * torch.matmul(F.normalize(protos, dim=1, eps=_EPS), q)  # (B, n + m, h*w)
+        sim = scale * torch.matmul(F.normalize(protos, dim=1, eps=_EPS), q)  # (B, n + m, h*w)
         n = e.fg.shape[0]
-        for cls, part in (("fg", s[:, :n]), ("bg", s[:, n:])):
+        for cls, part in (("fg", sim[:, :n]), ("bg", sim[:, n:])):
             if part.shape[1]:
                 sims[cls].append(part)
                 logw[cls].append(torch.full((part.shape[1],), math.log(e.weight), device=q.device, dtype=q.dtype))
-    out = []
+    masses, values = [], []
     for cls in ("bg", "fg"):
         if not sims[cls]:
-            name = "foreground" if cls == "fg" else "background"
-            raise ValueError(f"the prototype bank has no {name} prototype with a positive weight.")
-        s = torch.cat(sims[cls], dim=1)
-        attn = torch.softmax(s + torch.cat(logw[cls])[None, :, None], dim=1)
-        out.append((attn * s).sum(dim=1))
-    return torch.stack(out, dim=1).reshape(b, 2, h, w)
+            masses.append(q.new_full((b, h * w), -math.inf))
+            values.append(q.new_zeros((b, h * w)))
+            continue
+        sim = torch.cat(sims[cls], dim=1)
+        logits = sim + torch.cat(logw[cls])[None, :, None]
+        attn = torch.softmax(logits, dim=1)
+        masses.append(torch.logsumexp(logits, dim=1))
+        values.append((attn * sim).sum(dim=1))
+    return torch.stack(masses, dim=1).reshape(b, 2, h, w), torch.stack(values, dim=1).reshape(b, 2, h, w)
+
+
+def merge_statistics(
+    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Statistics of the union of two prototype sets from those of each (see :func:`score_statistics`)."""
+    (m1, v1), (m2, v2) = first, second
+    mass = torch.logaddexp(m1, m2)
+    a = torch.where(torch.isinf(m1), torch.zeros_like(m1), torch.exp(m1 - mass))
+    b = torch.where(torch.isinf(m2), torch.zeros_like(m2), torch.exp(m2 - mass))
+    return mass, a * v1 + b * v2

@@ -26,6 +26,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from fewshot_monai.networks.prototypes import (
+    diverse_subset,
+    downsample_masks,
+    local_prototypes,
+    masked_average_prototype,
+)
 from fewshot_monai.pseudolabel.confidence import pixel_confidence, region_confidence
 
 __all__ = ["PseudoSlice", "Selection", "SliceSelection", "WindowSelection", "largest_component_3d"]
@@ -107,23 +113,31 @@ class SliceSelection:
         min_area: smallest predicted foreground, in pixels of the protocol's slices (256 x 256 by default).
         neighbourhood: which slices may serve a chunk: 0 its own, n also n slices beyond it, None any scored slice.
         foreground_threshold: probability above which a pixel is pseudo-foreground.
+        max_prototypes: at most this many pseudo prototypes per class and chunk, a diverse subset (None: all);
+            bounds the re-scoring time.
+        bg_margin: background prototypes of a pseudo-labelled slice come only from windows within this many windows
+            of its pseudo-organ (None: every background window).
         largest_component: keep only the largest 3D connected component of the predicted foreground (over the
             scored slices) as pseudo-label: an organ is one connected object, and a second blob (the other kidney,
             a bright neighbour) is the typical error that pseudo-labelling would otherwise reinforce.
     """
 
     name = "slice"
+    #: whole slices also contribute their global foreground average (as a support slice does)
+    global_prototype = True
 
     def __init__(
         self,
-        threshold: float = 0.9,
+        threshold: float = 0.5,
         measure: str = "max_prob",
         reduction: str = "mean_foreground",
-        k_per_chunk: int | None = 2,
+        k_per_chunk: int | None = None,
         min_area: int = 64,
-        neighbourhood: int | None = 0,
+        neighbourhood: int | None = None,
         foreground_threshold: float = 0.5,
         largest_component: bool = True,
+        bg_margin: int | None = 2,
+        max_prototypes: int | None = 64,
     ) -> None:
         pixel_confidence(torch.full((1, 2, 1, 1), 0.5), measure)  # validate the names early
         region_confidence(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1, dtype=torch.bool), reduction)
@@ -139,6 +153,10 @@ class SliceSelection:
         self.neighbourhood = None if neighbourhood is None else int(neighbourhood)
         self.foreground_threshold = float(foreground_threshold)
         self.largest_component = bool(largest_component)
+        if bg_margin is not None and int(bg_margin) < 0:
+            raise ValueError(f"bg_margin must be >= 0 or None, got {bg_margin}")
+        self.bg_margin = None if bg_margin is None else int(bg_margin)
+        self.max_prototypes = None if max_prototypes is None else int(max_prototypes)
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
@@ -153,6 +171,8 @@ class SliceSelection:
             "min_area": self.min_area,
             "neighbourhood": self.neighbourhood,
             "largest_component": self.largest_component,
+            "bg_margin": self.bg_margin,
+            "max_prototypes": self.max_prototypes,
         }
 
     # ------------------------------------------------------------------------------------------ selecting
@@ -183,17 +203,23 @@ class SliceSelection:
             feature_size: ``(h, w)`` of the encoder's feature maps (needed by windowed transfer).
             bank_window: the prototype banks' window (windowed transfer's default window).
         """
-        confidence = pixel_confidence(probabilities, self.measure)
-        foreground = (probabilities[:, 1] > self.foreground_threshold) & (chunk_of_slice >= 0)[:, None, None]
+        selection = Selection()
+        scored = torch.nonzero(chunk_of_slice >= 0).flatten()
+        if scored.numel() == 0:
+            return selection
+        # only the scored slices (a contiguous range) are looked at: the others are never selected
+        first, last = int(scored.min()), int(scored.max()) + 1
+        confidence = pixel_confidence(probabilities[first:last], self.measure)
+        foreground = probabilities[first:last, 1] > self.foreground_threshold
+        foreground &= (chunk_of_slice[first:last] >= 0)[:, None, None]
         if self.largest_component:
             foreground = largest_component_3d(foreground)
         slice_conf = region_confidence(confidence, foreground, self.reduction)
         area = foreground.flatten(1).sum(dim=1)
-        eligible = (chunk_of_slice >= 0) & (area >= max(self.min_area, 1)) & (slice_conf > self.threshold)
+        eligible = (chunk_of_slice[first:last] >= 0) & (area >= max(self.min_area, 1)) & (slice_conf > self.threshold)
         made: dict[int, PseudoSlice | None] = {}
-        selection = Selection()
         for chunk in sorted(int(c) for c in torch.unique(chunk_of_slice) if c >= 0):
-            idx = [int(i) for i in self.candidates(chunk_of_slice, chunk) if eligible[i]]
+            idx = [int(i) - first for i in self.candidates(chunk_of_slice, chunk) if eligible[int(i) - first]]
             idx.sort(key=lambda i: (-float(slice_conf[i]), i))
             chosen: list[PseudoSlice] = []
             for i in idx:
@@ -205,8 +231,8 @@ class SliceSelection:
                         None
                         if windows is not None and not bool(windows.any())
                         else PseudoSlice(
-                            index=i,
-                            chunk=int(chunk_of_slice[i]),
+                            index=i + first,
+                            chunk=int(chunk_of_slice[i + first]),
                             confidence=float(slice_conf[i]),
                             area=int(area[i]),
                             mask=foreground[i][None].float(),
@@ -220,14 +246,51 @@ class SliceSelection:
         return selection
 
     # ------------------------------------------------------------------------------------------ transferring
+    def transfer_window(self, bank) -> int:
+        """Window (feature pixels) of the pseudo prototypes: the bank's (the network's test window)."""
+        return int(bank.window)
+
     def transfer(self, bank, features: torch.Tensor, slices: list[PseudoSlice], weight: float, tag: str = "pseudo"):
         """Add the prototypes of ``slices`` (cached query ``features`` ``(Z, C, h, w)``) to ``bank``; returns
-        the number of prototypes added. Whole slices follow the support rules (local windows + global average)."""
+        the number of prototypes added.
+
+        Local windows follow the bank's thresholds (foreground / background fraction); background windows only
+        within ``bg_margin`` windows of the pseudo-organ (the informative negatives: the support already describes
+        the far background, and every extra prototype costs scoring time); whole slices also add their global
+        foreground average, like a support slice. At most ``max_prototypes`` per class are kept, a diverse subset
+        (:func:`~fewshot_monai.networks.prototypes.diverse_subset`).
+        """
         if not slices:
             return 0
         idx = torch.as_tensor([s.index for s in slices], dtype=torch.long)
-        masks = torch.stack([s.mask for s in slices])
-        return bank.add(features[idx], masks, weight=weight, tag=tag)
+        feats = features[idx]
+        small = downsample_masks(torch.stack([s.mask for s in slices]), feats.shape[-2:])
+        window = self.transfer_window(bank)
+        valid = self.background_band(small, window)
+        own = [s.valid_windows for s in slices]
+        if all(v is not None for v in own):
+            valid = torch.stack(own) if valid is None else valid & torch.stack(own)
+        threshold = self.transfer_threshold(bank)
+        fg, bg = local_prototypes(feats, small, window, threshold, threshold, valid)
+        if self.global_prototype:
+            average = masked_average_prototype(feats, small)
+            if average is not None:
+                fg = torch.cat([fg, average])
+        fg, bg = diverse_subset(fg, self.max_prototypes), diverse_subset(bg, self.max_prototypes)
+        return bank.add_prototypes(fg, bg, weight=weight, tag=tag)
+
+    def transfer_threshold(self, bank) -> float:
+        return float(bank.threshold)
+
+    def background_band(self, masks: torch.Tensor, window: int) -> torch.Tensor | None:
+        """``(K, h // window, w // window)`` windows within ``bg_margin`` windows of any pseudo-foreground
+        (None: no limit)."""
+        if self.bg_margin is None:
+            return None
+        present = F.avg_pool2d(masks.float(), window, window) > 0
+        m = self.bg_margin
+        band = F.max_pool2d(present.float(), 2 * m + 1, stride=1, padding=m) > 0 if m > 0 else present
+        return band[:, 0]
 
 
 class WindowSelection(SliceSelection):
@@ -244,27 +307,39 @@ class WindowSelection(SliceSelection):
         fg_fraction: pseudo-mask fraction for a foreground (and background) window.
         window: window size in feature pixels (None: the bank's, i.e. the network's test window).
         threshold, measure, reduction, k_per_chunk, min_area, neighbourhood, foreground_threshold,
-            largest_component: as :class:`SliceSelection`.
+            largest_component, bg_margin, max_prototypes: as :class:`SliceSelection`.
     """
 
     name = "window"
+    global_prototype = False
 
     def __init__(
         self,
-        window_threshold: float = 0.9,
+        window_threshold: float = 0.7,
         fg_fraction: float = 0.95,
         window: int | None = None,
         threshold: float = 0.0,
         measure: str = "max_prob",
         reduction: str = "mean_foreground",
-        k_per_chunk: int | None = 3,
+        k_per_chunk: int | None = None,
         min_area: int = 64,
-        neighbourhood: int | None = 0,
+        neighbourhood: int | None = None,
         foreground_threshold: float = 0.5,
         largest_component: bool = True,
+        bg_margin: int | None = 2,
+        max_prototypes: int | None = 64,
     ) -> None:
         super().__init__(
-            threshold, measure, reduction, k_per_chunk, min_area, neighbourhood, foreground_threshold, largest_component
+            threshold,
+            measure,
+            reduction,
+            k_per_chunk,
+            min_area,
+            neighbourhood,
+            foreground_threshold,
+            largest_component,
+            bg_margin,
+            max_prototypes,
         )
         if window is not None and int(window) < 1:
             raise ValueError(f"window must be >= 1 or None, got {window}")
@@ -291,18 +366,8 @@ class WindowSelection(SliceSelection):
         pooled = F.avg_pool2d(at_features, window, window)[0, 0]
         return pooled > self.window_threshold
 
-    def transfer(self, bank, features, slices, weight, tag="pseudo"):
-        if not slices:
-            return 0
-        idx = torch.as_tensor([s.index for s in slices], dtype=torch.long)
-        masks = torch.stack([s.mask for s in slices])
-        valid = torch.stack([s.valid_windows for s in slices])
-        return bank.add(
-            features[idx],
-            masks,
-            weight=weight,
-            tag=tag,
-            window=self.windows_for(bank.window),
-            threshold=self.fg_fraction,
-            valid_windows=valid,
-        )
+    def transfer_window(self, bank) -> int:
+        return self.windows_for(bank.window)
+
+    def transfer_threshold(self, bank) -> float:
+        return self.fg_fraction

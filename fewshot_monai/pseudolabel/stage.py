@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from fewshot_monai.networks.prototypes import PrototypeBank
 from fewshot_monai.pseudolabel.confidence import perturb_probabilities
 from fewshot_monai.pseudolabel.selection import SliceSelection
 
@@ -101,13 +102,24 @@ class SupportExpansion:
             if not selection:
                 break
             updated = probabilities.clone()
+            transferred: dict[tuple[int, ...], tuple[PrototypeBank, int]] = {}  # chunks sharing slices share them
             for chunk, chosen in sorted(selection.per_chunk.items()):
-                bank = context.banks[chunk].copy()
-                record["prototypes_added"] += self.selection.transfer(
-                    bank, context.query_features, chosen, self.weight, tag=PSEUDO_TAG
-                )
                 idx = torch.nonzero(context.chunk_of_slice == chunk).flatten()
-                updated[idx] = protocol.score(network, context.query_features[idx], bank, context.output_size)
+                if context.statistics is not None:  # score only the pseudo prototypes, merge with the support's
+                    key = tuple(s.index for s in chosen)
+                    if key not in transferred:
+                        added = PrototypeBank(context.banks[chunk].window, context.banks[chunk].threshold)
+                        n = self.selection.transfer(added, context.query_features, chosen, self.weight, PSEUDO_TAG)
+                        transferred[key] = (added, n)
+                    added, n = transferred[key]
+                    if n:
+                        updated[idx] = protocol.score_added(network, context, idx, added)
+                else:
+                    bank = context.banks[chunk].copy()
+                    n = self.selection.transfer(bank, context.query_features, chosen, self.weight, tag=PSEUDO_TAG)
+                    if n:
+                        updated[idx] = protocol.score(network, context.query_features[idx], bank, context.output_size)
+                record["prototypes_added"] += n
             probabilities = updated
         context.diagnostics["pseudo_label"] = {
             **self.options(),
