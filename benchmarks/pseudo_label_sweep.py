@@ -5,7 +5,7 @@ re-scores the cached features, and is judged by the Dice of the slice stacks (25
 resolution) against the truth, averaged over scans per organ as in the evaluation. The final figures come from
 ``fewshot-monai evaluate`` (volume geometry, all folds); this script only ranks options, on the fold it is given.
 
-    python benchmarks/pseudo_label_sweep.py --data ../shared/data/chaos_t2spir --dataset chaos --fold 0 \\
+    python benchmarks/pseudo_label_sweep.py --data ../shared/data/chaos_t2spir --dataset chaos --folds 0 \\
         --model runs/models_chaos/fold0_setting1.pt --protocol ep1 --out runs/sweep_chaos_f0.json
 
 Also prints, per organ, how the slice confidence relates to the slice's true Dice (is the confidence informative?).
@@ -26,6 +26,7 @@ from fewshot_monai.data.datasets import datalist, get_descriptor
 from fewshot_monai.data.io import load_case
 from fewshot_monai.evaluation.folds import folds
 from fewshot_monai.evaluation.protocols import get_protocol, make_inferer, predict_organ
+from fewshot_monai.evaluation.runner import resolve_checkpoint
 from fewshot_monai.pseudolabel import SliceSelection, SupportExpansion, WindowSelection, pixel_confidence
 from fewshot_monai.pseudolabel.confidence import region_confidence
 from fewshot_monai.transforms.labels import organ_z_extent
@@ -38,13 +39,14 @@ def dice(pred: torch.Tensor, true: torch.Tensor) -> float:
     return 1.0 if total == 0 else 2.0 * float((pred & true).sum()) / total
 
 
-def collect(args):
-    """Plain contexts and truth stacks of every (scan, organ) of the fold."""
+def collect(args, fold_index: int):
+    """Plain contexts and truth stacks of every (scan, organ) of one fold."""
     descriptor = get_descriptor(args.dataset)
     items = datalist(args.data, descriptor)
-    fold = folds(items, shots=args.shots)[args.fold]
+    fold = folds(items, shots=args.shots)[fold_index]
     by_id = {str(it["id"]): it for it in items}
-    model = load_model(args.model, descriptor.modality).network
+    weights = resolve_checkpoint(args.model, fold_index, 1)
+    model = load_model(None if weights is None else str(weights), descriptor.modality).network
     protocol = get_protocol(args.protocol)
     inferer = make_inferer(protocol)
 
@@ -68,18 +70,18 @@ def collect(args):
             features = context.query_features
             stack = volume_to_slices(truth, 256, 1, "nearest")[:, 0] > 0.5
             scored = organ_z_extent(truth) if protocol.uses_query_range else (0, stack.shape[0] - 1)
-            cached.append({"scan": scan, "organ": organ, "context": context, "truth": stack, "scored": scored,
-                           "seconds": time.perf_counter() - start})
+            cached.append({"fold": fold_index, "scan": scan, "organ": organ, "model": model, "context": context,
+                           "truth": stack, "scored": scored, "seconds": time.perf_counter() - start})
             print(f"cached scan {scan} {organ}", flush=True)
-    return model, inferer.protocol, cached
+    return inferer.protocol, cached
 
 
-def evaluate(model, protocol, cached, stage) -> dict:
+def evaluate(protocol, cached, stage) -> dict:
     per_organ: dict[str, list[float]] = {}
     seconds = 0.0
     for c in cached:
         ctx = c["context"]
-        probs = ctx.probabilities if stage is None else stage(model, protocol, ctx)
+        probs = ctx.probabilities if stage is None else stage(c["model"], protocol, ctx)
         if stage is not None:
             seconds += ctx.diagnostics["pseudo_label"]["seconds"]
         a, b = c["scored"]
@@ -126,6 +128,11 @@ GRIDS = {
         ("window", {"window_threshold": [0.7, 0.9], "fg_fraction": [0.5, 0.95], "k_per_chunk": [3, None],
                     "neighbourhood": [0, None], "weight": [0.5, 1.0]}),
     ],
+    # robustness: the default window strategy with miscalibrated confidences (one perturbation at a time)
+    "robustness": [
+        ("window", {"temperature": [0.25, 0.5, 1.0, 2.0, 4.0]}),
+        ("window", {"noise_std": [0.5, 1.0, 2.0, 4.0]}),
+    ],
     "fine": [
         ("slice", {"threshold": [0.3, 0.5], "k_per_chunk": [None], "neighbourhood": [None],
                    "largest_component": [True, False], "weight": [1.0], "rounds": [1, 2]}),
@@ -140,26 +147,29 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--dataset", default="chaos")
-    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--folds", default="0", help="comma-separated fold indices (choose options on one fold only)")
     p.add_argument("--shots", type=int, default=1)
-    p.add_argument("--model", default=None)
+    p.add_argument("--model", default=None, help="weights, or a folder of fold<k>_setting1.pt (default: the zoo's)")
     p.add_argument("--protocol", default="ep1")
     p.add_argument("--grid", choices=sorted(GRIDS), default="coarse")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
-    model, protocol, cached = collect(args)
+    cached = []
+    for k in (int(f) for f in args.folds.split(",")):
+        protocol, part = collect(args, k)
+        cached += part
     results = {"args": vars(args), "confidence": {m: confidence_report(cached, m) for m in ("max_prob", "entropy")}}
     print(json.dumps(results["confidence"], indent=1))
-    runs = [{"name": "plain", **evaluate(model, protocol, cached, None)}]
+    runs = [{"name": "plain", **evaluate(protocol, cached, None)}]
     print("plain", round(runs[0]["dice_mean"], 4), {o: round(v, 3) for o, v in runs[0]["dice"].items()}, flush=True)
     grids = GRIDS[args.grid]
     for kind, spec in grids:
         cls = {"slice": SliceSelection, "window": WindowSelection}[kind]
         for opts in grid(spec):
-            stage_opts = {k: opts.pop(k) for k in ("weight", "rounds") if k in opts}
+            stage_opts = {k: opts.pop(k) for k in ("weight", "rounds", "temperature", "noise_std") if k in opts}
             stage = SupportExpansion(cls(**opts), **stage_opts)
-            r = evaluate(model, protocol, cached, stage)
+            r = evaluate(protocol, cached, stage)
             runs.append({"name": kind, **opts, **stage_opts, **r})
             print(kind, opts, stage_opts, round(r["dice_mean"], 4), {o: round(v, 3) for o, v in r["dice"].items()},
                   flush=True)

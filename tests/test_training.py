@@ -310,3 +310,18 @@ def test_real_chaos_episodes_and_exclusion():
     assert 0 < ex.describe()["eligible_slices"] < ds.describe()["eligible_slices"] / 2
     ep = ds[0]
     assert ep["query_image"].shape == (3, 256, 256) and 0 < ep["query_mask"].sum() < 256 * 256
+
+
+def test_fold_option_excludes_the_folds_queries_and_support(tmp_path):
+    from fewshot_monai.cli.train import exclude_fold
+
+    root = REPO.parent / "shared" / "data" / "chaos_t2spir"
+    if not root.is_dir():
+        pytest.skip("../shared/data not present")
+    config = {"data": {"root": str(root), "descriptor": "chaos", "exclude_scans": ["39"]}}
+    assert exclude_fold(config, 0)["data"]["exclude_scans"] == ["39", "1", "2", "3", "5", "8"]  # docs/evaluation.md
+    assert exclude_fold(config, 4)["data"]["exclude_scans"] == ["39", "36", "37", "38", "1"]
+    assert exclude_fold(config, 0, shots=3)["data"]["exclude_scans"][-3:] == ["8", "10", "13"]
+    assert config["data"]["exclude_scans"] == ["39"]  # the input is not modified
+    with pytest.raises(ValueError, match="--fold 5 out of range 0..4"):
+        exclude_fold(config, 5)

@@ -60,7 +60,13 @@ def support_expansion_factory(selection_class) -> Callable:
     from fewshot_monai.pseudolabel.stage import SupportExpansion
 
     stage_keys = set(inspect.signature(SupportExpansion).parameters) - {"selection"}
-    selection_keys = set(inspect.signature(selection_class).parameters)
+    selection_keys = {  # the class's own options and those it passes on to its bases (``**options``)
+        name
+        for cls in selection_class.__mro__
+        if "__init__" in vars(cls)
+        for name, p in inspect.signature(vars(cls)["__init__"]).parameters.items()
+        if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
 
     def factory(**options):
         unknown = sorted(set(options) - stage_keys - selection_keys)

@@ -306,8 +306,8 @@ class WindowSelection(SliceSelection):
         window_threshold: a window is usable when its mean confidence is strictly greater (1.0: none).
         fg_fraction: pseudo-mask fraction for a foreground (and background) window.
         window: window size in feature pixels (None: the bank's, i.e. the network's test window).
-        threshold, measure, reduction, k_per_chunk, min_area, neighbourhood, foreground_threshold,
-            largest_component, bg_margin, max_prototypes: as :class:`SliceSelection`.
+        threshold: the slice threshold (0: any slice with a large-enough predicted organ).
+        options: every other :class:`SliceSelection` option (``k_per_chunk``, ``neighbourhood``, ...), same defaults.
     """
 
     name = "window"
@@ -319,28 +319,9 @@ class WindowSelection(SliceSelection):
         fg_fraction: float = 0.95,
         window: int | None = None,
         threshold: float = 0.0,
-        measure: str = "max_prob",
-        reduction: str = "mean_foreground",
-        k_per_chunk: int | None = None,
-        min_area: int = 64,
-        neighbourhood: int | None = None,
-        foreground_threshold: float = 0.5,
-        largest_component: bool = True,
-        bg_margin: int | None = 2,
-        max_prototypes: int | None = 64,
+        **options,
     ) -> None:
-        super().__init__(
-            threshold,
-            measure,
-            reduction,
-            k_per_chunk,
-            min_area,
-            neighbourhood,
-            foreground_threshold,
-            largest_component,
-            bg_margin,
-            max_prototypes,
-        )
+        super().__init__(threshold=threshold, **options)
         if window is not None and int(window) < 1:
             raise ValueError(f"window must be >= 1 or None, got {window}")
         self.window_threshold = float(window_threshold)
