@@ -32,6 +32,10 @@ def test_demo_segments_the_query_liver(tmp_path, capsys):
     rows = {r["organ"]: r for r in report["organs"]}
     assert rows["liver"]["dice"] == pytest.approx(liver, abs=1e-3)
     assert liver > 0.7  # ImageNet features alone already find the phantom liver
+    # the default run pseudo-labels the query and also reports the plain prediction's Dice
+    assert report["pseudo_label"] == "window" and rows["liver"]["pseudo_labelled_slices"] > 0
+    assert 0.0 < rows["liver"]["dice_without_pseudo_label"] <= 1.0
+    assert "Dice without pseudo-labelling" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -233,11 +233,11 @@ def test_pseudo_label_inferer_in_a_supervised_evaluator_from_yaml(phantom_case, 
     from monai.engines import SupervisedEvaluator
 
     net, s_img, s_mask, q_img, truth = phantom_case
-    yaml_text = f"""
+    yaml_text = """
 pseudo_label: true
 inferer:
   _target_: fewshot_monai.pseudolabel.PseudoLabelInferer
-  base: {{_target_: fewshot_monai.inferers.FewShotVolumeInferer, z_range: estimate, spatial_size: 128}}
+  base: {_target_: fewshot_monai.inferers.FewShotVolumeInferer, z_range: estimate, spatial_size: 128}
   stage:
     _target_: fewshot_monai.pseudolabel.SupportExpansion
     weight: 1.0
