@@ -73,12 +73,27 @@ def test_registration_beats_identity_warp(tmp_path):
         threads=1,
         affine_iterations=150,
         bspline_iterations=60,
+        cache_dir=tmp_path / "cache",
     )
     warped = registration.fuse_organ(atlas, 1)
     assert atlas.labels.shape == (1, 96, 96, 20) and atlas.seconds > 0
     before, after = dice_score(identity, truth), dice_score(warped, truth)
     assert after > before + 0.1, (before, after)
     assert after > 0.8
+
+    # the same pair again comes from the cache: no elastix job, the same labels and the original seconds
+    class NoJobs:
+        def register(self, *args, **kwargs):
+            raise AssertionError("registered again despite the cache")
+
+    again = registration.register_atlases(
+        query[0], [support[0]], [support[1]], reference=query_case["image"], worker=NoJobs(),
+        affine_iterations=150, bspline_iterations=60, cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    assert np.array_equal(again.labels, atlas.labels) and again.seconds == pytest.approx(atlas.seconds)
+    # other options are another registration
+    key = registration.registration_cache_key(query[0], support[0], support[1], affine_iterations=150)
+    assert key != registration.registration_cache_key(query[0], support[0], support[1], affine_iterations=151)
 
 
 def test_majority_vote_fusion():

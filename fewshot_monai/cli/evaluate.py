@@ -80,6 +80,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--limit-queries", type=int, default=None, help="only the first N queries of each fold")
     parser.add_argument("--spatial-size", type=int, default=256)
     parser.add_argument("--registration-threads", type=int, default=2)
+    parser.add_argument(
+        "--registration-cache",
+        default=None,
+        help="folder to keep warped support labels in and reuse them (e.g. the EP2 run after EP1)",
+    )
     parser.add_argument("--save-predictions", action="store_true", help="also write predicted label maps")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--out", required=True, help="output folder")
@@ -108,6 +113,7 @@ def config_from_args(args: argparse.Namespace):
         limit_queries=args.limit_queries,
         spatial_size=args.spatial_size,
         registration_threads=args.registration_threads,
+        registration_cache=args.registration_cache,
         save_predictions=args.save_predictions,
         progress=not args.no_progress,
     )

@@ -81,6 +81,8 @@ class EvaluationConfig:
         limit_queries: evaluate only the first N queries of each fold (quick runs).
         n_chunks, spatial_size, batch_size: inferer options.
         registration_threads: elastix threads per registration.
+        registration_cache: folder where warped support labels are kept and reused across runs (e.g. the EP2
+            run after EP1 registers nothing again); None: registered afresh in every run.
         save_predictions: also write predicted label maps under ``<out>/predictions/<method>/``.
         overlays: write overlay PNGs of the best, median and worst scan.
         progress: show tqdm progress bars.
@@ -108,6 +110,7 @@ class EvaluationConfig:
     spatial_size: int = 256
     batch_size: int = 8
     registration_threads: int = 2
+    registration_cache: str | None = None
     save_predictions: bool = False
     overlays: bool = True
     progress: bool = True
@@ -453,6 +456,7 @@ class _EvaluationRun:
                 [items[s]["label"] for s in fold.support_ids],
                 reference=query["image"],
                 worker=self.worker,
+                cache_dir=self.cfg.registration_cache,
                 **self.cfg.extra.get("registration", {}),
             )
         except InputError as err:
