@@ -9,6 +9,7 @@ import torch
 from fewshot_monai.errors import EmptyMaskError
 from fewshot_monai.evaluation.metrics import dice_score
 from fewshot_monai.inferers import FewShotSliceProtocol, FewShotVolumeInferer, estimate_z_range, support_set_from_stacks
+from fewshot_monai.inferers.fewshot_inferer import keep_largest_component
 from fewshot_monai.networks import ALPNet
 
 from .synthetic import blob_volume as _blob_volume
@@ -27,6 +28,43 @@ def test_estimate_z_range_keeps_largest_component():
     assert estimate_z_range(fg) == (4, 11)
     assert estimate_z_range(np.zeros((5, 8, 8), dtype=bool)) is None
     assert estimate_z_range(fg[15:17], min_voxels=100) is None
+
+
+def test_estimated_range_ignores_a_thin_tail_and_follows_the_length_prior():
+    fg = np.zeros((30, 16, 16), dtype=bool)
+    fg[10:20, 2:8, 2:8] = True  # the organ: slices 10..19, 36 pixels each
+    fg[0:10, 4:5, 4:6] = True  # a thin false-positive tail touching it (2 pixels a slice)
+    assert estimate_z_range(fg, peak_fraction=None) == (0, 19)  # the component's whole extent
+    assert estimate_z_range(fg) == (10, 19)  # the run around the largest cross-section
+    # a prior of 20 slices with full weight: 20 slices centred on the organ; weight 0.5: the geometric mean
+    first, last = estimate_z_range(fg, prior_length=20.0, prior_weight=1.0)
+    assert last - first + 1 == 20 and abs((first + last) / 2 - 14.5) <= 0.5
+    first, last = estimate_z_range(fg, prior_length=40.0, prior_weight=0.5)
+    assert last - first + 1 == 20  # sqrt(10 * 40)
+    assert estimate_z_range(fg, prior_length=20.0, prior_weight=0.0) == (10, 19)
+
+
+def test_keep_largest_component_removes_the_second_blob_only():
+    probs = torch.zeros(6, 2, 8, 8)
+    probs[:, 0] = 1.0
+    probs[1:4, :, 1:4, 1:4] = torch.tensor([0.1, 0.9])[:, None, None]  # 27 voxels
+    probs[5, :, 6:8, 6:8] = torch.tensor([0.2, 0.8])[:, None, None]  # 4 voxels, not connected
+    kept = keep_largest_component(probs)
+    assert bool((kept[1:4, 1, 1:4, 1:4] == 0.9).all()) and not bool((kept[5, 1] > 0.5).any())
+    assert torch.allclose(kept.sum(1), torch.ones(6, 8, 8))
+    assert keep_largest_component(kept) is kept  # nothing left to remove: the input itself
+
+
+def test_range_prior_comes_from_the_support_organ_length_in_mm(net):
+    support_img, support_lbl = _blob_volume(seed=0)  # organ on 10 slices of 5 mm: 50 mm
+    query_img, _ = _blob_volume(centre=(46, 48), radii=(20, 17), z=(7, 16), seed=1)
+    thick = query_img.clone()
+    thick.affine = torch.diag(torch.tensor([1.5, 1.5, 2.5, 1.0], dtype=torch.float64))  # same voxels, 2.5 mm slices
+    inferer = FewShotVolumeInferer(n_chunks=3, z_range="estimate", spatial_size=64)
+    inferer(query_img[None], net, support_images=[support_img], support_masks=[support_lbl])
+    assert inferer.last_contexts[0].diagnostics["prior_length_slices"] == pytest.approx(10.0)
+    inferer(thick[None], net, support_images=[support_img], support_masks=[support_lbl])
+    assert inferer.last_contexts[0].diagnostics["prior_length_slices"] == pytest.approx(20.0)
 
 
 def test_support_set_picks_chunk_centres():

@@ -79,10 +79,14 @@ def test_slice_selection_respects_threshold_area_k_and_chunks():
     conf = [0.95, 0.3, 0.8, 0.99, 0.85, 0.7, 0.9, 0.6]
     area = [100, 100, 100, 9, 100, 100, 100, 100]
     chunk = torch.tensor([-1, 0, 0, 0, 1, 1, 2, 2])
-    sel = SliceSelection(threshold=0.65, k_per_chunk=1, min_area=16, largest_component=False)
+    sel = SliceSelection(threshold=0.65, k_per_chunk=1, min_area=16, neighbourhood=0, largest_component=False)
     chosen = sel.select(_stack(conf, area), chunk)
-    # slice 0 is outside the scored range, slice 3 too small; best per chunk: 2 (0.8), 4 (0.85), 6 (0.9)
+    # slice 0 is outside the scored range, slice 3 too small; best of each chunk's own: 2 (0.8), 4 (0.85), 6 (0.9)
     assert {c: [s.index for s in v] for c, v in chosen.per_chunk.items()} == {0: [2], 1: [4], 2: [6]}
+    anywhere = SliceSelection(threshold=0.65, k_per_chunk=1, min_area=16, largest_component=False)  # the default
+    assert {c: [s.index for s in v] for c, v in anywhere.select(_stack(conf, area), chunk).per_chunk.items()} == {
+        0: [6], 1: [6], 2: [6]  # any scored slice may serve any chunk: the most confident one serves all
+    }
     assert all(s.confidence > 0.65 and s.area >= 16 for s in chosen.slices())
     every = SliceSelection(threshold=0.65, k_per_chunk=None, min_area=16, largest_component=False)
     assert [s.index for s in every.select(_stack(conf, area), chunk).slices()] == [2, 4, 5, 6]

@@ -73,6 +73,15 @@ def add_parser(subparsers) -> None:
         metavar="KEY=VALUE",
         help="strategy option, e.g. threshold=0.95, k_per_chunk=3, weight=0.5, rounds=2 (repeatable; YAML values)",
     )
+    parser.add_argument(
+        "--inferer-option",
+        dest="inferer_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="FewShotVolumeInferer option, e.g. largest_component=false, peak_fraction=null, prior_weight=0 "
+        "(repeatable; YAML values)",
+    )
     parser.add_argument("--baseline", choices=("none", "registration"), default="none")
     parser.add_argument("--organs", type=_name_list, default=None, help="comma-separated organ names (default all)")
     parser.add_argument("--label-map", type=_label_map, default=None, help="name=id,... (required for generic)")
@@ -105,13 +114,14 @@ def config_from_args(args: argparse.Namespace):
         n_folds=args.n_folds,
         shots=args.shots,
         pseudo_label=args.pseudo_label,
-        pseudo_label_options=_options(args.pseudo_label_options),
+        pseudo_label_options=_options(args.pseudo_label_options, "--pseudo-label-option"),
         baseline=args.baseline,
         organs=args.organs,
         label_map=args.label_map,
         intensity=args.intensity,
         limit_queries=args.limit_queries,
         spatial_size=args.spatial_size,
+        inferer_options=_options(args.inferer_options, "--inferer-option"),
         registration_threads=args.registration_threads,
         registration_cache=args.registration_cache,
         save_predictions=args.save_predictions,
@@ -145,15 +155,15 @@ def _table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _options(items) -> dict:
-    """``["k=v", ...]`` -> ``{k: yaml(v)}``."""
+def _options(items, flag: str) -> dict:
+    """``["k=v", ...]`` -> ``{k: yaml(v)}`` (``flag`` names the option in errors)."""
     import yaml
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--pseudo-label-option: expected KEY=VALUE, got {item!r}")
+            raise ValueError(f"{flag}: expected KEY=VALUE, got {item!r}")
         out[key.strip()] = yaml.safe_load(value)
     return out
 

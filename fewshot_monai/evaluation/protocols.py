@@ -69,8 +69,11 @@ def get_protocol(name: str) -> EvaluationProtocol:
     return PROTOCOLS[key]
 
 
-def make_inferer(protocol: EvaluationProtocol, n_chunks=3, spatial_size=256, batch_size=8, refinement=None):
-    """A :class:`~fewshot_monai.inferers.FewShotVolumeInferer` configured for ``protocol``."""
+def make_inferer(
+    protocol: EvaluationProtocol, n_chunks=3, spatial_size=256, batch_size=8, refinement=None, **options
+):
+    """A :class:`~fewshot_monai.inferers.FewShotVolumeInferer` configured for ``protocol`` (``options``: its other
+    keyword arguments, e.g. ``largest_component=False``)."""
     from fewshot_monai.inferers import FewShotVolumeInferer
 
     return FewShotVolumeInferer(
@@ -79,6 +82,7 @@ def make_inferer(protocol: EvaluationProtocol, n_chunks=3, spatial_size=256, bat
         spatial_size=spatial_size,
         batch_size=batch_size,
         refinement=refinement,
+        **options,
     )
 
 

@@ -80,6 +80,8 @@ class EvaluationConfig:
         intensity: intensity preset override (default: the descriptor's).
         limit_queries: evaluate only the first N queries of each fold (quick runs).
         n_chunks, spatial_size, batch_size: inferer options.
+        inferer_options: further :class:`~fewshot_monai.inferers.FewShotVolumeInferer` options, e.g.
+            ``{"largest_component": False}`` or ``{"peak_fraction": None, "prior_weight": 0}`` (ablations).
         registration_threads: elastix threads per registration.
         registration_cache: folder where warped support labels are kept and reused across runs (e.g. the EP2
             run after EP1 registers nothing again); None: registered afresh in every run.
@@ -109,6 +111,7 @@ class EvaluationConfig:
     n_chunks: int = 3
     spatial_size: int = 256
     batch_size: int = 8
+    inferer_options: dict = field(default_factory=dict)
     registration_threads: int = 2
     registration_cache: str | None = None
     save_predictions: bool = False
@@ -314,6 +317,10 @@ class _EvaluationRun:
 
             require_elastix()
             self.worker = RegistrationWorker(threads=cfg.registration_threads)
+        try:  # bad inferer options fail here, before any data is read
+            make_inferer(self.protocol, cfg.n_chunks, cfg.spatial_size, cfg.batch_size, None, **cfg.inferer_options)
+        except TypeError as err:
+            raise ValueError(f"bad inferer option(s) {sorted(cfg.inferer_options)}: {err}") from err
         self.data = _load_dataset(cfg)
         self.organs = list(cfg.organs) if cfg.organs else list(self.data.label_map)
         unknown = [o for o in self.organs if o not in self.data.label_map]
@@ -370,7 +377,9 @@ class _EvaluationRun:
                 continue
             support_masks[organ] = masks
         cfg = self.cfg
-        inferer = make_inferer(self.protocol, cfg.n_chunks, cfg.spatial_size, cfg.batch_size, self.refinement)
+        inferer = make_inferer(
+            self.protocol, cfg.n_chunks, cfg.spatial_size, cfg.batch_size, self.refinement, **cfg.inferer_options
+        )
         queries = list(fold.query_ids)[: cfg.limit_queries] if cfg.limit_queries else list(fold.query_ids)
         bar = tqdm(queries, desc=f"fold {fold.index} scans", unit="scan", leave=False, disable=not cfg.progress)
         for scan in bar:
@@ -497,6 +506,7 @@ class _EvaluationRun:
             "limit_queries": cfg.limit_queries,
             "n_chunks": cfg.n_chunks,
             "spatial_size": cfg.spatial_size,
+            "inferer_options": dict(cfg.inferer_options),
             "model_arg": cfg.model,
             "model": descriptions[0] if len(descriptions) == 1 else "; ".join(descriptions),
             "model_per_fold": {str(k): v for k, v in self.model_descriptions.items()},

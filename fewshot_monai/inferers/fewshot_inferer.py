@@ -11,10 +11,11 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from fewshot_monai.inferers.protocol import FewShotContext, FewShotSliceProtocol, support_set_from_stacks
-from fewshot_monai.transforms.slicing import slices_to_volume, volume_to_slices
+from fewshot_monai.transforms.labels import largest_component
+from fewshot_monai.transforms.slicing import slice_spacing, slices_to_volume, volume_to_slices
 from fewshot_monai.transforms.validation import source_of
 
-__all__ = ["FewShotVolumeInferer"]
+__all__ = ["FewShotVolumeInferer", "keep_largest_component"]
 
 RefinementStage = Callable[[Any, FewShotSliceProtocol, FewShotContext], torch.Tensor]
 
@@ -45,6 +46,19 @@ def _per_query_ranges(query_z_range, n_queries: int) -> list:
     return pairs
 
 
+def keep_largest_component(probabilities: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """``(Z, 2, H, W)`` probabilities whose foreground outside the largest 3D connected component of
+    ``p_fg > threshold`` is set to background (p_fg = 0); the input itself when there is nothing to remove."""
+    foreground = probabilities[:, 1] > threshold
+    drop = foreground & ~largest_component(foreground)
+    if not bool(drop.any()):
+        return probabilities
+    kept = probabilities.clone()
+    kept[:, 1][drop] = 0.0
+    kept[:, 0][drop] = 1.0
+    return kept
+
+
 class FewShotVolumeInferer(Inferer):
     """Segment 3D query volumes slice by slice from one or more labelled support volumes.
 
@@ -54,7 +68,9 @@ class FewShotVolumeInferer(Inferer):
     :mod:`fewshot_monai.inferers.protocol`). The query organ range is either given (``query_z_range``, e.g. from a
     label in an evaluation: EP1) or estimated from a first pass (``z_range="estimate"``: EP2, nothing from the
     query's label is used). An optional ``refinement`` stage (inference-time pseudo-labelling) receives the plain
-    result with the cached query features and returns new probabilities.
+    result with the cached query features and returns new probabilities. An organ is one connected object: with
+    ``largest_component`` the foreground outside the largest 3D component is removed, from the plain prediction
+    (before any refinement sees it) and from the final one.
 
     Args:
         n_chunks: chunks per organ extent (3 in SSL-ALPNet).
@@ -62,6 +78,10 @@ class FewShotVolumeInferer(Inferer):
         spatial_size: in-plane size of the slices the network sees.
         batch_size: slices per network call.
         refinement: optional stage ``(network, protocol, context) -> (Z, 2, H, W)`` probabilities.
+        largest_component: keep only the largest 3D connected component of the predicted organ.
+        peak_fraction, prior_weight: how the organ range is estimated (``z_range="estimate"``), see
+            :func:`~fewshot_monai.inferers.protocol.estimate_z_range`; the prior length is the support organ's
+            length in mm over the query's slice spacing.
 
     Call:
         ``inferer(inputs, network, support_images=..., support_masks=..., query_z_range=None)`` where
@@ -81,13 +101,19 @@ class FewShotVolumeInferer(Inferer):
         spatial_size: int = 256,
         batch_size: int = 8,
         refinement: RefinementStage | None = None,
+        largest_component: bool = True,
+        peak_fraction: float | None = 0.5,
+        prior_weight: float = 0.5,
     ) -> None:
         if z_range not in ("estimate", "given"):
             raise ValueError(f"z_range must be 'estimate' or 'given', got {z_range!r}")
-        self.protocol = FewShotSliceProtocol(n_chunks=n_chunks, batch_size=batch_size)
+        self.protocol = FewShotSliceProtocol(
+            n_chunks=n_chunks, batch_size=batch_size, peak_fraction=peak_fraction, prior_weight=prior_weight
+        )
         self.z_range = z_range
         self.spatial_size = spatial_size
         self.refinement = refinement
+        self.largest_component = bool(largest_component)
         self.last_contexts: list[FewShotContext] = []
 
     def support_set(self, support_images, support_masks):
@@ -101,7 +127,8 @@ class FewShotVolumeInferer(Inferer):
         sources = [
             source_of(m) or source_of(img) or f"support volume {k}" for k, (img, m) in enumerate(zip(images, masks))
         ]
-        return support_set_from_stacks(image_stacks, mask_stacks, self.protocol.n_chunks, sources)
+        spacings = [slice_spacing(img) for img in images]
+        return support_set_from_stacks(image_stacks, mask_stacks, self.protocol.n_chunks, sources, spacings)
 
     @torch.no_grad()
     def segment_one(
@@ -117,10 +144,16 @@ class FewShotVolumeInferer(Inferer):
             raise ValueError("z_range='given' needs query_z_range=(first, last) for every query")
         stack = volume_to_slices(query, self.spatial_size, 3, "bilinear").float()
         z_range = query_z_range if self.z_range == "given" else "estimate"
-        context = self.protocol(network, stack, support, z_range=z_range, query_features=query_features)
+        context = self.protocol(
+            network, stack, support, z_range=z_range, query_features=query_features, slice_spacing=slice_spacing(query)
+        )
+        if self.largest_component:
+            context.probabilities = keep_largest_component(context.probabilities)
         probabilities = context.probabilities
         if self.refinement is not None:
             probabilities = self.refinement(network, self.protocol, context)
+            if self.largest_component:
+                probabilities = keep_largest_component(probabilities)
         volume = slices_to_volume(probabilities, query, mode="bilinear")
         return volume, context
 

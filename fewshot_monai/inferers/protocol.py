@@ -6,8 +6,10 @@ organ's z-range is split the same way and every query slice in chunk ``c`` is se
 With ``K`` support volumes (k-shot) chunk ``c`` is segmented from the ``K`` chunk-``c`` slices together.
 
 When the query range is unknown ("EP2", the situation of a real user), it is estimated from a first pass in which
-every query slice is scored against all support slices together, keeping the z-extent of the largest connected
-3D component of that first prediction.
+every query slice is scored against all support slices together (:func:`estimate_z_range`): the organ is the
+largest connected 3D component of that first prediction; its range is the run of slices around the component's
+largest cross-section whose area stays above a fraction of it, re-centred and resized towards the support organ's
+physical length (organs differ in length between patients far less than a noisy first pass suggests).
 
 Everything here works on stacks of axial slices, ``(Z, 3, H, W)`` images and ``(Z, 1, H, W)`` masks, and on
 an encoder-and-bank network (:class:`fewshot_monai.networks.ALPNet`): each query slice is encoded exactly once.
@@ -30,10 +32,15 @@ __all__ = ["SupportSet", "FewShotContext", "support_set_from_stacks", "estimate_
 
 @dataclass
 class SupportSet:
-    """Support slices for each chunk: ``images[c]`` (K, 3, H, W) and ``masks[c]`` (K, 1, H, W)."""
+    """Support slices for each chunk: ``images[c]`` (K, 3, H, W) and ``masks[c]`` (K, 1, H, W).
+
+    ``organ_lengths`` holds each support volume's organ length along z (slices times the slice spacing given to
+    :func:`support_set_from_stacks`: mm for volumes with an affine), the prior of the range estimate.
+    """
 
     images: list[torch.Tensor]
     masks: list[torch.Tensor]
+    organ_lengths: list[float] = field(default_factory=list)
 
     @property
     def n_chunks(self) -> int:
@@ -74,7 +81,11 @@ class FewShotContext:
 
 
 def support_set_from_stacks(
-    images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], n_chunks: int, sources: Sequence[str] | None = None
+    images: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    n_chunks: int,
+    sources: Sequence[str] | None = None,
+    spacings: Sequence[float] | None = None,
 ) -> SupportSet:
     """Pick the chunk-centre slices of each support volume (k-shot = several volumes).
 
@@ -83,36 +94,73 @@ def support_set_from_stacks(
         masks: per support volume a (Z, 1, H, W) binary organ mask stack.
         n_chunks: number of chunks C.
         sources: names of the support volumes, for error messages.
+        spacings: slice spacing of each support volume (mm), for the organ lengths (default 1: in slices).
     """
     if len(images) != len(masks) or not images:
         raise ValueError(f"need as many support masks as images and at least one, got {len(images)} and {len(masks)}")
     chunk_images: list[list[torch.Tensor]] = [[] for _ in range(n_chunks)]
     chunk_masks: list[list[torch.Tensor]] = [[] for _ in range(n_chunks)]
+    lengths = []
     for k, (img, msk) in enumerate(zip(images, masks)):
         z_mask = msk.reshape(msk.shape[0], -1).any(dim=1).cpu().numpy()
         if not z_mask.any():
             raise EmptyMaskError(sources[k] if sources else f"support volume {k}", "support mask is empty")
         first, last = organ_z_extent(z_mask)
+        lengths.append((last - first + 1) * (float(spacings[k]) if spacings else 1.0))
         for c, z in enumerate(chunk_centres(first, last, n_chunks)):
             chunk_images[c].append(img[z])
             chunk_masks[c].append(msk[z])
-    return SupportSet([torch.stack(x) for x in chunk_images], [torch.stack(x) for x in chunk_masks])
+    return SupportSet([torch.stack(x) for x in chunk_images], [torch.stack(x) for x in chunk_masks], lengths)
 
 
-def estimate_z_range(foreground: np.ndarray, min_voxels: int = 20) -> tuple[int, int] | None:
-    """Inclusive z-range of the largest 3D connected component of a (Z, H, W) binary prediction.
+def estimate_z_range(
+    foreground: np.ndarray,
+    min_voxels: int = 20,
+    peak_fraction: float | None = 0.5,
+    prior_length: float | None = None,
+    prior_weight: float = 0.5,
+) -> tuple[int, int] | None:
+    """Inclusive z-range of the organ in a (Z, H, W) binary first-pass prediction.
+
+    The organ is the largest face-connected 3D component. With ``peak_fraction=None`` its z-extent is returned.
+    Otherwise the range is the contiguous run of slices around the component's largest cross-section (areas
+    smoothed over 3 slices) whose area is at least ``peak_fraction`` of that maximum; with ``prior_length`` (the
+    expected organ length in query slices, e.g. the support organ's length in mm over the query's slice spacing)
+    the run is re-centred on its area-weighted centroid and its length replaced by the geometric mean of its own
+    length and the prior, weighted ``prior_weight`` (0: the run as it is, 1: the prior length).
 
     Returns None when no component has at least ``min_voxels`` voxels.
     """
-    labels, n = ndimage.label(foreground)
+    labels, n = ndimage.label(foreground)  # face-connected components
     if n == 0:
         return None
     sizes = np.bincount(labels.ravel())[1:]
     best = int(np.argmax(sizes))
     if sizes[best] < min_voxels:
         return None
-    z = np.flatnonzero((labels == best + 1).any(axis=(1, 2)))
-    return int(z[0]), int(z[-1])
+    area = (labels == best + 1).reshape(labels.shape[0], -1).sum(axis=1).astype(float)
+    if peak_fraction is None:
+        z = np.flatnonzero(area)
+        return int(z[0]), int(z[-1])
+    smooth = np.convolve(area, np.ones(3) / 3.0, mode="same")
+    peak = int(np.argmax(smooth))
+    keep = smooth >= float(peak_fraction) * smooth[peak]
+    first = last = peak
+    while first > 0 and keep[first - 1]:
+        first -= 1
+    while last < len(area) - 1 and keep[last + 1]:
+        last += 1
+    if not prior_length or prior_weight <= 0:
+        return first, last
+    z = np.arange(first, last + 1)
+    weights = area[first : last + 1]
+    centre = float((weights * z).sum() / weights.sum()) if weights.sum() > 0 else 0.5 * (first + last)
+    w = float(prior_weight)
+    length = float(np.exp(w * np.log(float(prior_length)) + (1.0 - w) * np.log(last - first + 1)))
+    n = max(1, int(round(length)))
+    lo = int(round(centre - (n - 1) / 2.0))
+    lo, hi = max(lo, 0), min(lo + n - 1, len(area) - 1)
+    return (lo, hi) if lo <= hi else (first, last)
 
 
 class FewShotSliceProtocol:
@@ -123,14 +171,29 @@ class FewShotSliceProtocol:
         batch_size: query slices encoded/scored at once.
         estimate_min_voxels: smallest first-pass component (in slice pixels) accepted as the organ when the
             query range is estimated.
+        peak_fraction, prior_weight: options of :func:`estimate_z_range` (``peak_fraction=None``: the extent of
+            the first pass's largest component; ``prior_weight=0``: no support-length prior).
     """
 
-    def __init__(self, n_chunks: int = 3, batch_size: int = 8, estimate_min_voxels: int = 20) -> None:
+    def __init__(
+        self,
+        n_chunks: int = 3,
+        batch_size: int = 8,
+        estimate_min_voxels: int = 20,
+        peak_fraction: float | None = 0.5,
+        prior_weight: float = 0.5,
+    ) -> None:
         if n_chunks < 1:
             raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
+        if peak_fraction is not None and not 0.0 < float(peak_fraction) <= 1.0:
+            raise ValueError(f"peak_fraction must be in (0, 1] or None, got {peak_fraction}")
+        if not 0.0 <= float(prior_weight) <= 1.0:
+            raise ValueError(f"prior_weight must be in [0, 1], got {prior_weight}")
         self.n_chunks = n_chunks
         self.batch_size = batch_size
         self.estimate_min_voxels = estimate_min_voxels
+        self.peak_fraction = None if peak_fraction is None else float(peak_fraction)
+        self.prior_weight = float(prior_weight)
 
     @torch.no_grad()
     def encode(self, network, stack: torch.Tensor) -> torch.Tensor:
@@ -204,6 +267,7 @@ class FewShotSliceProtocol:
         support: SupportSet,
         z_range: tuple[int, int] | None | str = "estimate",
         query_features: torch.Tensor | None = None,
+        slice_spacing: float = 1.0,
     ) -> FewShotContext:
         """Run the plain protocol.
 
@@ -213,6 +277,7 @@ class FewShotSliceProtocol:
             support: the support set, ``support.n_chunks`` must equal ``n_chunks``.
             z_range: inclusive query organ range (EP1, known from the label), or ``"estimate"`` (EP2).
             query_features: cached features of ``query`` (skips encoding).
+            slice_spacing: the query's slice spacing, in the unit of ``support.organ_lengths`` (mm).
 
         Returns:
             the context, whose ``probabilities`` is the plain prediction.
@@ -232,8 +297,16 @@ class FewShotSliceProtocol:
             all_images, all_masks = support.all_slices()
             first_bank = network.build_bank(support_features=self.encode(network, all_images), support_masks=all_masks)
             first = self.score(network, features, first_bank, output_size)
-            z_range = estimate_z_range((first[:, 1] > 0.5).cpu().numpy(), self.estimate_min_voxels)
+            prior = float(np.mean(support.organ_lengths)) / float(slice_spacing) if support.organ_lengths else None
+            z_range = estimate_z_range(
+                (first[:, 1] > 0.5).cpu().numpy(),
+                self.estimate_min_voxels,
+                peak_fraction=self.peak_fraction,
+                prior_length=prior,
+                prior_weight=self.prior_weight,
+            )
             diagnostics["estimated_z_range"] = z_range
+            diagnostics["prior_length_slices"] = prior
         context = FewShotContext(
             query_features=features,
             chunk_of_slice=self.chunk_assignment(features.shape[0], z_range),

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from fewshot_monai.networks.prototypes import (
     diverse_subset,
@@ -33,6 +31,7 @@ from fewshot_monai.networks.prototypes import (
     masked_average_prototype,
 )
 from fewshot_monai.pseudolabel.confidence import pixel_confidence, region_confidence
+from fewshot_monai.transforms.labels import largest_component
 
 __all__ = ["PseudoSlice", "Selection", "SliceSelection", "WindowSelection", "largest_component_3d"]
 
@@ -93,11 +92,7 @@ class Selection:
 
 def largest_component_3d(foreground: torch.Tensor) -> torch.Tensor:
     """The largest 26-connected component of a ``(Z, H, W)`` boolean stack (all False if it is empty)."""
-    labels, n = ndimage.label(foreground.cpu().numpy(), structure=np.ones((3, 3, 3), dtype=bool))
-    if n <= 1:
-        return foreground
-    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    return torch.from_numpy(labels == largest).to(foreground.device)
+    return largest_component(foreground)
 
 
 class SliceSelection:

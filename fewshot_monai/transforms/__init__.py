@@ -6,10 +6,17 @@ from fewshot_monai.transforms.labels import (
     SelectOrgand,
     chunk_centres,
     chunk_slices,
+    largest_component,
     merge_organ_probabilities,
     organ_z_extent,
 )
-from fewshot_monai.transforms.slicing import VolumeToSlices, VolumeToSlicesd, slices_to_volume, volume_to_slices
+from fewshot_monai.transforms.slicing import (
+    VolumeToSlices,
+    VolumeToSlicesd,
+    slice_spacing,
+    slices_to_volume,
+    volume_to_slices,
+)
 from fewshot_monai.transforms.validation import (
     CheckGeometryd,
     EnsureVolume,
@@ -29,12 +36,14 @@ __all__ = [
     "SelectOrgand",
     "organ_z_extent",
     "merge_organ_probabilities",
+    "largest_component",
     "chunk_slices",
     "chunk_centres",
     "VolumeToSlices",
     "VolumeToSlicesd",
     "volume_to_slices",
     "slices_to_volume",
+    "slice_spacing",
     "EnsureVolume",
     "EnsureVolumed",
     "CheckGeometryd",

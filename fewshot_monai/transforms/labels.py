@@ -26,6 +26,7 @@ __all__ = [
     "chunk_slices",
     "chunk_centres",
     "merge_organ_probabilities",
+    "largest_component",
 ]
 
 
@@ -175,3 +176,17 @@ def merge_organ_probabilities(probabilities: Mapping[int, torch.Tensor], thresho
     best_prob, best = stacked.max(dim=0)
     lookup = torch.tensor(ids, dtype=torch.uint8)
     return torch.where(best_prob > threshold, lookup[best], torch.zeros((), dtype=torch.uint8))
+
+
+def largest_component(foreground):
+    """The largest fully connected component (26-neighbourhood in 3D) of a boolean array or tensor.
+
+    Returns the input unchanged when it has at most one component (all False stays all False); otherwise a mask of
+    the same type (MONAI's ``get_largest_connected_component_mask``).
+    """
+    from monai.transforms.utils import get_largest_connected_component_mask
+
+    if not bool(foreground.any()):
+        return foreground
+    mask = get_largest_connected_component_mask(foreground, connectivity=None)
+    return mask.astype(bool) if isinstance(mask, np.ndarray) else mask.bool()

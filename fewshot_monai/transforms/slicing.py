@@ -33,13 +33,23 @@ from monai.utils import TraceKeys, ensure_tuple_rep
 from fewshot_monai.errors import GeometryMismatchError
 from fewshot_monai.transforms.validation import source_of
 
-__all__ = ["volume_to_slices", "slices_to_volume", "VolumeToSlices", "VolumeToSlicesd"]
+__all__ = ["volume_to_slices", "slices_to_volume", "slice_spacing", "VolumeToSlices", "VolumeToSlicesd"]
 
 
 def _plain(x) -> torch.Tensor:
     if isinstance(x, MetaTensor):
         return x.as_tensor()
     return torch.as_tensor(x)
+
+
+def slice_spacing(volume) -> float:
+    """Distance between the axial slices of a ``(C, X, Y, Z)`` volume in mm (the affine's z column), 1.0 without an
+    affine (a plain tensor: lengths are then counted in slices)."""
+    from monai.data.utils import affine_to_spacing
+
+    if isinstance(volume, MetaTensor):
+        return float(affine_to_spacing(volume.affine, r=3)[2])
+    return 1.0
 
 
 def _size2d(spatial_size) -> tuple[int, int] | None:
