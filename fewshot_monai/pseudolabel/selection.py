@@ -123,7 +123,7 @@ class SliceSelection:
 
     def __init__(
         self,
-        threshold: float = 0.5,
+        threshold: float = 0.7,
         measure: str = "max_prob",
         reduction: str = "mean_foreground",
         k_per_chunk: int | None = None,
@@ -310,7 +310,7 @@ class WindowSelection(SliceSelection):
 
     def __init__(
         self,
-        window_threshold: float = 0.7,
+        window_threshold: float = 0.8,
         fg_fraction: float = 0.95,
         window: int | None = None,
         threshold: float = 0.0,
