@@ -182,7 +182,10 @@ def test_run_evaluation_writes_the_documented_outputs(phantom_dir, tmp_path):
     assert set(saved["dice"]) == set(organs) and all(0.0 <= saved["dice"][o] <= 1.0 for o in organs)
     assert saved["dice_mean"] == pytest.approx(np.mean([saved["dice"][o] for o in organs]))
     assert saved["protocol"]["protocol"] == "ep1" and saved["protocol"]["setting"] == 1
-    assert saved["protocol"]["data"] == str(phantom_dir.resolve()) and "ImageNet" in saved["protocol"]["model"]
+    from fewshot_monai.zoo import load_model
+
+    assert saved["protocol"]["data"] == str(phantom_dir.resolve())
+    assert saved["protocol"]["model"] == load_model(modality="mri").description  # the zoo's default model
     assert saved["protocol"]["date"] and saved["seconds_per_query"] > 0
     assert [f["support_ids"] for f in saved["folds"]] == [["case1"], ["case2"], ["case0"]]
     # the missing spleen is reported twice (as support of fold 1, in the query of fold 2) and the run went on
@@ -196,8 +199,12 @@ def test_run_evaluation_writes_the_documented_outputs(phantom_dir, tmp_path):
     for r in rows:  # EP1: the method used, and scored, exactly the organ's true range
         assert (r["z_first"], r["z_last"]) == (r["true_first"], r["true_last"]) == (r["scored_first"], r["scored_last"])
         assert 0.0 <= float(r["dice"]) <= 1.0 and float(r["seconds"]) > 0
-    assert summary["dice"]["liver"] > 0.5  # the ImageNet encoder finds the big bright organ of a phantom
+    assert summary["dice"]["liver"] > 0.5  # the big bright organ of a phantom is found
+    # per fold: the liver mean of each fold is that fold's scan's Dice (one query per fold here)
+    liver = {r["fold"]: float(r["dice"]) for r in rows if r["organ"] == "liver"}
+    assert {f: v["liver"] for f, v in saved["dice_per_fold"].items()} == pytest.approx(liver, abs=1e-5)
     report = (out / "report.md").read_text()
+    assert "## Dice (%) per fold" in report
     assert "| **fewshot** (this run) |" in report and "Skipped cases (2)" in report and "(published, EP1)" not in report
     assert (out / "predictions" / "fewshot" / "fold0_case0.nii.gz").is_file()
     assert not list(out.glob(".*"))  # no temporary files left behind

@@ -151,8 +151,9 @@ def summarise_rows(rows: Sequence[Mapping], organs: Sequence[str], query_seconds
     """Per-organ statistics of one method's rows.
 
     Dice per organ is the mean over scans (0..1) and ``dice_mean`` the mean of those organ means (how the papers
-    report it). HD95/ASD means are over scans where they are defined (NaN when exactly one mask is empty; counted
-    in ``n_undefined_distance``). ``seconds_per_query`` is the mean, over query volumes, of the time to segment all
+    report it); ``dice_per_fold`` holds the same per fold (``{fold: {organ: mean, "mean": mean of organs}}``).
+    HD95/ASD means are over scans where they are defined (NaN when exactly one mask is empty; counted in
+    ``n_undefined_distance``). ``seconds_per_query`` is the mean, over query volumes, of the time to segment all
     evaluated organs of the query (``query_seconds``: (fold, scan) -> seconds).
     """
     out: dict = {key: {} for key in ("dice", "dice_std", "hd95_mm", "hd95_mm_std", "asd_mm", "asd_mm_std")}
@@ -166,6 +167,12 @@ def summarise_rows(rows: Sequence[Mapping], organs: Sequence[str], query_seconds
             out[key][organ], out[f"{key}_std"][organ] = mean, std
     organ_means = [v for v in out["dice"].values() if v is not None]
     out["dice_mean"] = float(np.mean(organ_means)) if organ_means else None
+    out["dice_per_fold"] = {}
+    for fold in sorted({int(r["fold"]) for r in rows}):
+        in_fold = [r for r in rows if int(r["fold"]) == fold]
+        per_organ = {o: _stats([r["dice"] for r in in_fold if r["organ"] == o])[0] for o in organs}
+        means = [v for v in per_organ.values() if v is not None]
+        out["dice_per_fold"][str(fold)] = {**per_organ, "mean": float(np.mean(means)) if means else None}
     secs = list((query_seconds or {}).values())
     out["seconds_per_query"] = float(np.mean(secs)) if secs else None
     out["n_queries"] = len(secs)
@@ -365,6 +372,20 @@ def render_report(summary: Mapping, figures: Mapping[str, str] | None = None) ->
             )
             + "Published means are over the four organs.",
         ]
+    folds = sorted({f for s in methods.values() for f in s.get("dice_per_fold", {})}, key=int)
+    if len(folds) > 1:
+        lines += [
+            "",
+            "## Dice (%) per fold (mean over the fold's scans)",
+            "",
+            "| method | fold | " + " | ".join(organs) + " | mean |",
+            "| --- | --- | " + " | ".join("---" for _ in organs) + " | --- |",
+        ]
+        for name, s in methods.items():
+            for fold in folds:
+                values = s.get("dice_per_fold", {}).get(fold, {})
+                cells = ["n/a" if values.get(o) is None else f"{100 * values[o]:.1f}" for o in [*organs, "mean"]]
+                lines.append(f"| {name} | {fold} | " + " | ".join(cells) + " |")
     lines += _pseudo_label_section(summary.get("pseudo_label"), organs)
     lines += [
         "",
