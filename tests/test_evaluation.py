@@ -304,3 +304,27 @@ def test_pseudo_label_run_scores_plain_and_refined_with_diagnostics(phantom_dir,
     report = (out / "report.md").read_text()
     assert "| **fewshot+slice** (this run) |" in report and "| **fewshot_plain** (this run) |" in report
     assert "## Inference-time pseudo-labelling" in report
+
+
+def test_ep2_range_from_registration(phantom_dir, tmp_path):
+    from fewshot_monai.evaluation.registration import elastix_available
+    from fewshot_monai.evaluation.runner import run_evaluation
+
+    with pytest.raises(ValueError, match="EP2 only"):
+        run_evaluation(_config(phantom_dir, tmp_path / "x", protocol="ep1", z_range_from="registration"))
+    if not elastix_available():
+        pytest.skip("itk-elastix not installed")
+    out = tmp_path / "reg"
+    summary = run_evaluation(
+        _config(phantom_dir, out, protocol="ep2", folds=[0], organs=["liver"], baseline="registration",
+                z_range_from="registration", registration_threads=1,
+                extra={"registration": {"affine_iterations": 60, "bspline_iterations": 30}})
+    )  # fmt: skip
+    with open(out / "per_scan.csv", newline="") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    # our method segmented exactly the slices the registered support label covers, and paid for the registration
+    assert (rows["fewshot"]["z_first"], rows["fewshot"]["z_last"]) == (
+        rows["registration"]["z_first"], rows["registration"]["z_last"]
+    )  # fmt: skip
+    assert summary["seconds_per_query"] > float(rows["registration"]["seconds"]) > 0
+    assert summary["protocol"]["z_range_from"] == "registration" and summary["dice"]["liver"] > 0.3  # found it

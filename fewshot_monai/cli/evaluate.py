@@ -83,6 +83,12 @@ def add_parser(subparsers) -> None:
         "(repeatable; YAML values)",
     )
     parser.add_argument("--baseline", choices=("none", "registration"), default="none")
+    parser.add_argument(
+        "--z-range-from",
+        choices=("network", "registration"),
+        default="network",
+        help="EP2: organ range from the network's first pass (default) or from the registered support label",
+    )
     parser.add_argument("--organs", type=_name_list, default=None, help="comma-separated organ names (default all)")
     parser.add_argument("--label-map", type=_label_map, default=None, help="name=id,... (required for generic)")
     parser.add_argument("--intensity", default=None, help="intensity preset override (ct, mri, preprocessed, none)")
@@ -116,6 +122,7 @@ def config_from_args(args: argparse.Namespace):
         pseudo_label=args.pseudo_label,
         pseudo_label_options=_options(args.pseudo_label_options, "--pseudo-label-option"),
         baseline=args.baseline,
+        z_range_from=args.z_range_from,
         organs=args.organs,
         label_map=args.label_map,
         intensity=args.intensity,

@@ -96,6 +96,7 @@ def predict_organ(
     support_masks: Sequence[torch.Tensor],
     query_mask: Callable[[], torch.Tensor] | None = None,
     query_features: torch.Tensor | None = None,
+    z_range_hint: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, tuple[int, int] | None]:
     """Segment one organ of one query volume under ``protocol``.
 
@@ -110,6 +111,8 @@ def predict_organ(
             z-range); EP2 never calls it.
         query_features: the query's cached encoder features from an earlier organ of the same query, network and
             inferer (``inferer.last_contexts[0].query_features``): the query is then not encoded again.
+        z_range_hint: EP2 only: the organ range found by other means that do not read the query label (e.g. the
+            extent of a registered support label), used instead of the network's own estimate.
 
     Returns:
         the binary (X, Y, Z) prediction and the z-range the method used (given for EP1, estimated for EP2,
@@ -120,6 +123,8 @@ def predict_organ(
         if query_mask is None:
             raise ValueError(f"protocol {protocol.name} needs the query organ mask for its z-range")
         z_range = organ_z_extent(query_mask())
+    elif z_range_hint is not None:
+        z_range = (int(z_range_hint[0]), int(z_range_hint[1]))
     probabilities = inferer(
         query_image[None],
         network,

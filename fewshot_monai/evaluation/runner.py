@@ -53,6 +53,7 @@ METHOD_NAME = "fewshot"
 #: name of the same model's plain prediction (no pseudo-labelling), scored in the same run when --pseudo-label is set
 PLAIN_METHOD_NAME = "fewshot_plain"
 BASELINES = ("none", "registration")
+Z_RANGE_SOURCES = ("network", "registration")
 DATASETS = ("chaos", "sabs", "generic", "phantom")
 
 
@@ -75,6 +76,9 @@ class EvaluationConfig:
             model's plain prediction is scored too (method ``fewshot_plain``), from the same run.
         pseudo_label_options: options of the strategy (e.g. ``{"threshold": 0.95, "k_per_chunk": 3}``).
         baseline: ``none`` or ``registration``.
+        z_range_from: EP2 only: how our method finds the organ range: ``network`` (its own first pass) or
+            ``registration`` (the extent of the support label registered onto the query, itk-elastix; its time is
+            added to our method's). Neither reads the query label.
         organs: organ names to evaluate (default: every organ of the label map).
         label_map: organ name -> label id, required for ``generic`` (overrides the descriptor's otherwise).
         intensity: intensity preset override (default: the descriptor's).
@@ -104,6 +108,7 @@ class EvaluationConfig:
     pseudo_label: str = "none"
     pseudo_label_options: dict = field(default_factory=dict)
     baseline: str = "none"
+    z_range_from: str = "network"
     organs: list[str] | None = None
     label_map: dict[str, int] | None = None
     intensity: str | None = None
@@ -230,6 +235,11 @@ def _coerce(config) -> EvaluationConfig:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
     if cfg.baseline not in BASELINES:
         raise ValueError(f"unknown baseline {cfg.baseline!r}; valid: {', '.join(BASELINES)}")
+    cfg.z_range_from = str(cfg.z_range_from or "network").lower()
+    if cfg.z_range_from not in Z_RANGE_SOURCES:
+        raise ValueError(f"unknown z_range_from {cfg.z_range_from!r}; valid: {', '.join(Z_RANGE_SOURCES)}")
+    if cfg.z_range_from != "network" and str(cfg.protocol).lower() != "ep2":
+        raise ValueError("z_range_from applies to EP2 only (EP1 takes the range from the query label)")
     if int(cfg.setting) not in (1, 2):
         raise ValueError(f"setting must be 1 or 2, got {cfg.setting}")
     if cfg.limit_queries is not None and int(cfg.limit_queries) < 1:
@@ -312,7 +322,7 @@ class _EvaluationRun:
         self.protocol = get_protocol(cfg.protocol)
         self.refinement = get_refinement(cfg.pseudo_label, **dict(cfg.pseudo_label_options or {}))
         self.worker = None
-        if cfg.baseline == "registration":
+        if cfg.baseline == "registration" or cfg.z_range_from == "registration":
             from fewshot_monai.evaluation.registration import RegistrationWorker, require_elastix
 
             require_elastix()
@@ -336,7 +346,7 @@ class _EvaluationRun:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         plain = [PLAIN_METHOD_NAME] if self.refinement is not None else []
-        self.methods = [METHOD_NAME, *plain] + (["registration"] if self.worker is not None else [])
+        self.methods = [METHOD_NAME, *plain] + (["registration"] if cfg.baseline == "registration" else [])
         self.rows: list[dict] = []
         self.skipped: list[dict] = []
         self.query_seconds: dict[str, dict] = {m: {} for m in self.methods}
@@ -402,7 +412,16 @@ class _EvaluationRun:
             return
         spacing = spacing_from_affine(query["image"].affine)
         predictions: dict[str, dict[str, np.ndarray]] = {m: {} for m in self.methods}
+        atlas = self.register(fold, scan, query, truths) if self.worker is not None else None
+        hints = {}
         total = plain_total = 0.0
+        if self.cfg.z_range_from == "registration":
+            if atlas is None:
+                return  # registration failed (logged): our method has no range for this query
+            from fewshot_monai.evaluation.registration import fuse_organ
+
+            hints = {organ: _extent(fuse_organ(atlas, self.data.label_map[organ])) for organ in truths}
+            total = plain_total = atlas.seconds
         features = None  # the query is encoded once, by its first organ, and reused for the others
         for organ, truth in truths.items():
             start = time.perf_counter()
@@ -416,6 +435,7 @@ class _EvaluationRun:
                     support_masks[organ],
                     query_mask=lambda truth=truth: truth,  # called by EP1 only
                     query_features=features,
+                    z_range_hint=hints.get(organ),
                 )
             except InputError as err:
                 self.skip(METHOD_NAME, fold.index, scan, organ, str(err))
@@ -438,8 +458,8 @@ class _EvaluationRun:
             self.query_seconds[METHOD_NAME][f"{fold.index}/{scan}"] = total
             if self.refinement is not None:
                 self.query_seconds[PLAIN_METHOD_NAME][f"{fold.index}/{scan}"] = plain_total
-        if self.worker is not None:
-            self.registration(fold, scan, query, truths, spacing, predictions)
+        if atlas is not None and "registration" in self.methods:
+            self.score_registration(fold, scan, atlas, truths, spacing, predictions)
         for method, masks in predictions.items():
             if masks:
                 np.savez_compressed(self.cache / f"{method}__{fold.index}__{scan}.npz", **masks)
@@ -454,8 +474,9 @@ class _EvaluationRun:
         row = _row(method, self.cfg, fold, scan, organ, label_id, metrics, seconds, used, scored, _extent(truth_np))
         self.rows.append({**row, **(extra or {})})
 
-    def registration(self, fold: Fold, scan: str, query, truths, spacing, predictions) -> None:
-        from fewshot_monai.evaluation.registration import fuse_organ, register_atlases
+    def register(self, fold: Fold, scan: str, query, truths):
+        """The fold's support labels registered onto the query (None when it failed, logged per organ)."""
+        from fewshot_monai.evaluation.registration import register_atlases
 
         items = self.data.items
         try:
@@ -471,7 +492,12 @@ class _EvaluationRun:
         except InputError as err:
             for organ in truths:
                 self.skip("registration", fold.index, scan, organ, str(err))
-            return
+            return None
+        return atlas
+
+    def score_registration(self, fold: Fold, scan: str, atlas, truths, spacing, predictions) -> None:
+        from fewshot_monai.evaluation.registration import fuse_organ
+
         self.query_seconds["registration"][f"{fold.index}/{scan}"] = atlas.seconds
         for organ, truth in truths.items():
             pred = fuse_organ(atlas, self.data.label_map[organ])
@@ -500,6 +526,7 @@ class _EvaluationRun:
             "shots": cfg.shots,
             "pseudo_label": cfg.pseudo_label,
             "baseline": cfg.baseline,
+            "z_range_from": cfg.z_range_from,
             "organs": self.organs,
             "label_map": {o: data.label_map[o] for o in self.organs},
             "intensity": data.intensity,
@@ -532,7 +559,7 @@ class _EvaluationRun:
             plain["description"] = "the same model and run without pseudo-labelling (the stage's input)"
             summary["plain"] = plain
             summary["pseudo_label"] = pseudo_label_summary(ours, summary, plain, self.organs, self.refinement)
-        if self.worker is not None:
+        if "registration" in self.methods:
             rows = [r for r in self.rows if r["method"] == "registration"]
             reg = summarise_rows(rows, self.organs, self.query_seconds["registration"])
             reg["method"] = "registration"

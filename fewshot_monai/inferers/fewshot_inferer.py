@@ -74,7 +74,8 @@ class FewShotVolumeInferer(Inferer):
 
     Args:
         n_chunks: chunks per organ extent (3 in SSL-ALPNet).
-        z_range: ``"estimate"`` (default) or ``"given"`` (then every call must pass ``query_z_range``).
+        z_range: ``"estimate"`` (default: the range is estimated unless a call passes ``query_z_range``, e.g. from
+            a registration) or ``"given"`` (then every call must pass ``query_z_range``).
         spatial_size: in-plane size of the slices the network sees.
         batch_size: slices per network call.
         refinement: optional stage ``(network, protocol, context) -> (Z, 2, H, W)`` probabilities.
@@ -143,7 +144,7 @@ class FewShotVolumeInferer(Inferer):
         if self.z_range == "given" and query_z_range is None:
             raise ValueError("z_range='given' needs query_z_range=(first, last) for every query")
         stack = volume_to_slices(query, self.spatial_size, 3, "bilinear").float()
-        z_range = query_z_range if self.z_range == "given" else "estimate"
+        z_range = "estimate" if query_z_range is None else query_z_range
         context = self.protocol(
             network, stack, support, z_range=z_range, query_features=query_features, slice_spacing=slice_spacing(query)
         )
