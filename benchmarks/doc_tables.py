@@ -27,6 +27,8 @@ def rows(run: Path) -> list[str]:
             + ("n/a" if secs is None else f"{secs:.1f}") + " |"
         )
     for name, s in method_summaries(summary).items():
+        out.append(f"HD95 mm {name}: " + " / ".join(f"{s['hd95_mm'][o]:.0f}" for o in organs))
+    for name, s in method_summaries(summary).items():
         folds = s.get("dice_per_fold", {})
         out.append(f"per fold {name}: " + ", ".join(f"{k}: {100 * v['mean']:.1f}" for k, v in folds.items()))
     pl = summary.get("pseudo_label")
