@@ -311,6 +311,11 @@ def _pseudo_label_section(pl: Mapping | None, organs: Sequence[str]) -> list[str
     return lines
 
 
+def _table_section(title: str, columns: Sequence[str]) -> list[str]:
+    """A Markdown section heading followed by a table header with ``columns``."""
+    return ["", f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+
+
 def method_summaries(summary: Mapping) -> dict[str, Mapping]:
     """Every method's statistics in a run summary, in display order: ours (named after its pseudo-label strategy
     when it has one), the plain prediction of the same run, then the baselines."""
@@ -374,26 +379,14 @@ def render_report(summary: Mapping, figures: Mapping[str, str] | None = None) ->
         ]
     folds = sorted({f for s in methods.values() for f in s.get("dice_per_fold", {})}, key=int)
     if len(folds) > 1:
-        lines += [
-            "",
-            "## Dice (%) per fold (mean over the fold's scans)",
-            "",
-            "| method | fold | " + " | ".join(organs) + " | mean |",
-            "| --- | --- | " + " | ".join("---" for _ in organs) + " | --- |",
-        ]
+        lines += _table_section("Dice (%) per fold (mean over the fold's scans)", ["method", "fold", *organs, "mean"])
         for name, s in methods.items():
             for fold in folds:
                 values = s.get("dice_per_fold", {}).get(fold, {})
                 cells = ["n/a" if values.get(o) is None else f"{100 * values[o]:.1f}" for o in [*organs, "mean"]]
                 lines.append(f"| {name} | {fold} | " + " | ".join(cells) + " |")
     lines += _pseudo_label_section(summary.get("pseudo_label"), organs)
-    lines += [
-        "",
-        "## Distances (mm), mean ± std over scans where defined",
-        "",
-        "| method | metric | " + " | ".join(organs) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in organs) + " |",
-    ]
+    lines += _table_section("Distances (mm), mean ± std over scans where defined", ["method", "metric", *organs])
     for name, s in methods.items():
         for key, label in (("hd95_mm", "HD95"), ("asd_mm", "ASD")):
             cells = [_mm(s[key].get(o), s[f"{key}_std"].get(o)) for o in organs]
