@@ -216,11 +216,11 @@ def test_expansion_improves_a_phantom_liver_from_a_different_phantom(phantom_cas
     base = FewShotVolumeInferer(z_range="given", spatial_size=128)
     kwargs = {"support_images": s_img, "support_masks": s_mask, "query_z_range": organ_z_extent(truth)}
     plain = base(q_img[None], net, **kwargs)
-    stage = SupportExpansion(SliceSelection(threshold=0.5, k_per_chunk=None, neighbourhood=None, min_area=16))
+    stage = SupportExpansion(WindowSelection())  # the recommended default strategy
     refined = PseudoLabelInferer(base, stage)(q_img[None], net, **kwargs)
     d_plain = dice_score(plain[0, 1] > 0.5, truth[0])
     d_refined = dice_score(refined[0, 1] > 0.5, truth[0])
-    assert d_refined > d_plain + 0.02, (d_plain, d_refined)  # measured: 0.739 -> 0.780
+    assert d_refined > d_plain + 0.02, (d_plain, d_refined)  # measured with the shipped MRI model: 0.708 -> 0.734
     context = base.last_contexts[0]
     assert context.diagnostics["pseudo_label"]["n_slices"] > 10
     # switched off: exactly the base inferer's output; thresholds at 1.0: exactly the plain prediction
