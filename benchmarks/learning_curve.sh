@@ -12,7 +12,7 @@ for model in "${models[@]}"; do
   name=$(basename "$model" .pt)
   args=(--data "$data" --dataset "$dataset" --protocol ep1 --folds "$fold" --pseudo-label window --no-progress
         --out "$run/curve/$name")
-  [ "$model" != "untrained" ] && args+=(--model "$model")
+  args+=(--model "$model")   # "untrained": the ImageNet network without few-shot training
   fewshot-monai evaluate "${args[@]}" > /dev/null 2>&1
   python - "$run/curve/$name/summary.json" "$name" <<'PY'
 import json, sys

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ASSETS_DIR", "ModelChoice", "shipped_weights", "load_model"]
+__all__ = ["ASSETS_DIR", "UNTRAINED", "ModelChoice", "shipped_weights", "load_model"]
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+#: ``load_model(UNTRAINED)``: the ImageNet-pretrained encoder without few-shot training, whatever ships
+UNTRAINED = "untrained"
 
 
 @dataclass
@@ -37,12 +39,16 @@ def load_model(weights: str | os.PathLike | None = None, modality: str = "mri") 
 
     Args:
         weights: a trained ALPNet state dict (``.pt``); None picks the shipped model for ``modality`` or, when
-            there is none, the untrained network with the ImageNet-pretrained Lite0 encoder.
+            there is none, the untrained network with the ImageNet-pretrained Lite0 encoder; ``"untrained"``
+            always picks the latter (the training-free baseline).
         modality: "mri" or "ct", used only when ``weights`` is None.
     """
     from fewshot_monai.networks import ALPNet
 
-    path = Path(weights) if weights is not None else shipped_weights(modality)
+    if weights == UNTRAINED:
+        path = None
+    else:
+        path = Path(weights) if weights is not None else shipped_weights(modality)
     if path is None:
         # the encoder's projection is freshly initialised: fix its seed so results are reproducible
         with torch.random.fork_rng():

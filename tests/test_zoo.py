@@ -37,3 +37,8 @@ def test_explicit_weights_and_missing_modality(tmp_path):
     assert "w.pt" in choice.description
     assert shipped_weights("ultrasound") is None
     assert "no few-shot training" in load_model(modality="ultrasound").description
+    # "untrained" is the training-free baseline even where a trained model ships
+    untrained = load_model("untrained", modality="mri")
+    assert "no few-shot training" in untrained.description
+    stem = "encoder.backbone._conv_stem.weight"
+    assert torch.equal(untrained.network.state_dict()[stem], ALPNet(pretrained=True).state_dict()[stem])

@@ -51,8 +51,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="weights .pt, bundle folder (models/model.pt) or folder of fold<k>_setting<s>.pt; "
-        "default: the zoo's default model",
+        help="weights .pt, bundle folder (models/model.pt), folder of fold<k>_setting<s>.pt, or 'untrained' "
+        "(ImageNet encoder, no few-shot training); default: the shipped model of the data set's modality",
     )
     parser.add_argument("--protocol", choices=("ep1", "ep2"), default="ep1")
     parser.add_argument("--setting", type=int, choices=(1, 2), default=1)

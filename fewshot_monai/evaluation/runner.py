@@ -6,7 +6,8 @@ it also writes to ``<out>/summary.json``, next to ``per_scan.csv``, ``report.md`
 
 Model selection (``model``):
 
-- ``None``: :func:`fewshot_monai.zoo.load_model` default for the data set's modality;
+- ``None``: :func:`fewshot_monai.zoo.load_model` default for the data set's modality (the shipped model);
+- ``"untrained"``: the ImageNet-pretrained network without few-shot training (the training-free baseline);
 - a ``.pt`` file, or a bundle folder holding ``models/model.pt``: that model for every fold;
 - any other folder: one checkpoint per fold and setting, ``<folder>/fold<k>_setting<s>.pt`` (all must exist).
 
@@ -174,10 +175,13 @@ def _load_dataset(cfg: EvaluationConfig) -> _Dataset:
     return _Dataset({i["id"]: i for i in items}, [i["id"] for i in items], label_map, intensity, str(modality))
 
 
-def resolve_checkpoint(model: str | None, fold: int, setting: int) -> Path | None:
-    """The weights file used for ``fold`` (None = the zoo default); see the module docstring for the rules."""
-    if model is None:
-        return None
+def resolve_checkpoint(model: str | None, fold: int, setting: int) -> Path | str | None:
+    """The weights file used for ``fold`` (None = the zoo default, ``"untrained"`` = the training-free network);
+    see the module docstring for the rules."""
+    from fewshot_monai.zoo import UNTRAINED
+
+    if model is None or model == UNTRAINED:
+        return model
     path = Path(model).expanduser()
     if path.is_file():
         return path
