@@ -79,7 +79,8 @@ class EvaluationConfig:
         baseline: ``none`` or ``registration``.
         z_range_from: EP2 only: how our method finds the organ range: ``network`` (its own first pass) or
             ``registration`` (the extent of the support label registered onto the query, itk-elastix; its time is
-            added to our method's). Neither reads the query label.
+            added to our method's; an organ missing from the warped label falls back to the network's estimate).
+            Neither reads the query label.
         organs: organ names to evaluate (default: every organ of the label map).
         label_map: organ name -> label id, required for ``generic`` (overrides the descriptor's otherwise).
         intensity: intensity preset override (default: the descriptor's).
@@ -421,9 +422,12 @@ class _EvaluationRun:
         total = plain_total = 0.0
         if self.cfg.z_range_from == "registration":
             if atlas is None:
-                return  # registration failed (logged): our method has no range for this query
+                for organ in truths:
+                    self.skip(METHOD_NAME, fold.index, scan, organ, "no organ range: the registration failed")
+                return
             from fewshot_monai.evaluation.registration import fuse_organ
 
+            # an organ the warped support label lost gets no hint: the network estimates its range itself
             hints = {organ: _extent(fuse_organ(atlas, self.data.label_map[organ])) for organ in truths}
             total = plain_total = atlas.seconds
         features = None  # the query is encoded once, by its first organ, and reused for the others
