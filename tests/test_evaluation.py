@@ -328,3 +328,17 @@ def test_ep2_range_from_registration(phantom_dir, tmp_path):
     )  # fmt: skip
     assert summary["seconds_per_query"] > float(rows["registration"]["seconds"]) > 0
     assert summary["protocol"]["z_range_from"] == "registration" and summary["dice"]["liver"] > 0.3  # found it
+
+
+def test_inferer_options_reach_the_inferer_and_bad_ones_fail_early(phantom_dir, tmp_path):
+    from fewshot_monai.evaluation.runner import run_evaluation
+
+    with pytest.raises(ValueError, match="bad inferer option"):
+        run_evaluation(_config(phantom_dir, tmp_path / "bad", inferer_options={"no_such_option": 1}))
+    assert not (tmp_path / "bad").exists()  # failed before any output was written
+    summary = run_evaluation(
+        _config(phantom_dir, tmp_path / "ok", protocol="ep2", folds=[0], organs=["liver"],
+                inferer_options={"peak_fraction": None, "prior_weight": 0.0, "largest_component": False})
+    )  # fmt: skip
+    assert summary["protocol"]["inferer_options"] == {"peak_fraction": None, "prior_weight": 0.0,
+                                                      "largest_component": False}  # fmt: skip
