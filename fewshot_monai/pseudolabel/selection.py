@@ -33,7 +33,7 @@ from fewshot_monai.networks.prototypes import (
 from fewshot_monai.pseudolabel.confidence import pixel_confidence, region_confidence
 from fewshot_monai.transforms.labels import largest_component
 
-__all__ = ["PseudoSlice", "Selection", "SliceSelection", "WindowSelection", "largest_component_3d"]
+__all__ = ["PseudoSlice", "Selection", "SliceSelection", "WindowSelection"]
 
 
 @dataclass
@@ -88,11 +88,6 @@ class Selection:
         if any(s.valid_windows is not None for s in slices):
             out["n_windows"] = sum(int(s.valid_windows.sum()) for s in slices if s.valid_windows is not None)
         return out
-
-
-def largest_component_3d(foreground: torch.Tensor) -> torch.Tensor:
-    """The largest 26-connected component of a ``(Z, H, W)`` boolean stack (all False if it is empty)."""
-    return largest_component(foreground)
 
 
 class SliceSelection:
@@ -208,7 +203,7 @@ class SliceSelection:
         foreground = probabilities[first:last, 1] > self.foreground_threshold
         foreground &= (chunk_of_slice[first:last] >= 0)[:, None, None]
         if self.largest_component:
-            foreground = largest_component_3d(foreground)
+            foreground = largest_component(foreground)
         slice_conf = region_confidence(confidence, foreground, self.reduction)
         area = foreground.flatten(1).sum(dim=1)
         eligible = (chunk_of_slice[first:last] >= 0) & (area >= max(self.min_area, 1)) & (slice_conf > self.threshold)
