@@ -181,8 +181,8 @@ def merge_organ_probabilities(probabilities: Mapping[int, torch.Tensor], thresho
 def largest_component(foreground):
     """The largest fully connected component (26-neighbourhood in 3D) of a boolean array or tensor.
 
-    Returns the input unchanged when it has at most one component (all False stays all False); otherwise a mask of
-    the same type (MONAI's ``get_largest_connected_component_mask``).
+    An all-False input is returned as it is; otherwise a boolean mask of the same type
+    (MONAI's ``get_largest_connected_component_mask``).
     """
     from monai.transforms.utils import get_largest_connected_component_mask
 
