@@ -82,6 +82,22 @@ def add_parser(subparsers) -> None:
         help="FewShotVolumeInferer option, e.g. largest_component=false, peak_fraction=null, prior_weight=0 "
         "(repeatable; YAML values)",
     )
+    parser.add_argument(
+        "--adapt-iterations",
+        type=int,
+        default=0,
+        help="fine-tune each fold's network on its support scan for N iterations before segmenting its queries "
+        "(support adaptation; 0: off, the default)",
+    )
+    parser.add_argument(
+        "--adapt-option",
+        dest="adapt_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="support adaptation option, e.g. lr=5e-4, max_offset=0.2, bg_weight=0.05 (repeatable; YAML values)",
+    )
+    parser.add_argument("--adapt-cache", default=None, help="folder to keep adapted networks in and reuse them")
     parser.add_argument("--baseline", choices=("none", "registration"), default="none")
     parser.add_argument(
         "--z-range-from",
@@ -129,11 +145,33 @@ def config_from_args(args: argparse.Namespace):
         limit_queries=args.limit_queries,
         spatial_size=args.spatial_size,
         inferer_options=_options(args.inferer_options, "--inferer-option"),
+        adapt=_adaptation(args),
+        adapt_cache=args.adapt_cache,
         registration_threads=args.registration_threads,
         registration_cache=args.registration_cache,
         save_predictions=args.save_predictions,
         progress=not args.no_progress,
+        command=command_line(),
     )
+
+
+def command_line() -> str:
+    """The command as typed (``fewshot-monai ...``), shell-quoted, for the run's records."""
+    import shlex
+    import sys
+
+    return shlex.join(["fewshot-monai", *sys.argv[1:]])
+
+
+def _adaptation(args: argparse.Namespace) -> dict | None:
+    options = _options(args.adapt_options, "--adapt-option")
+    if args.adapt_iterations < 0:
+        raise ValueError(f"--adapt-iterations must be >= 0, got {args.adapt_iterations}")
+    if not args.adapt_iterations:
+        if options:
+            raise ValueError("--adapt-option needs --adapt-iterations N (N > 0)")
+        return None
+    return {**options, "iterations": args.adapt_iterations}
 
 
 def _fmt(value, spec: str) -> str:

@@ -18,6 +18,8 @@ Pieces:
 - :func:`load_training_volumes` -- load scans once (intensity preset, RAS) with their superpixels (and labels
   when slices must be excluded);
 - :class:`SuperpixelEpisodeDataset` -- ``dataset[i]`` is episode ``i`` (slices kept in memory, resized once);
+- :class:`SupportEpisodeDataset` -- labelled episodes from a support volume's own organ slices (support adaptation,
+  :mod:`fewshot_monai.engines.adaptation`);
 - :class:`EpisodeLoader` -- an iterable of episode batches that restarts at any iteration (for ignite).
 """
 
@@ -57,6 +59,7 @@ __all__ = [
     "EpisodeAugmentation",
     "episode_augmentation",
     "SuperpixelEpisodeDataset",
+    "SupportEpisodeDataset",
     "EpisodeLoader",
 ]
 
@@ -560,6 +563,142 @@ class SuperpixelEpisodeDataset(Dataset):
             "volume": self.volume_ids[v],
             "slice": z,
             "superpixel": sp_id,
+        }
+
+
+class SupportEpisodeDataset(Dataset):
+    """
+    Map-style dataset of *labelled* episodes cut from support volumes, for adapting a network to its support
+    (:func:`fewshot_monai.engines.adaptation.adapt_to_support`); ``dataset[i]`` is a pure function of ``(seed, i)``.
+
+    It mimics the 3D few-shot protocol on the support itself: in inference one support slice segments the query
+    slices of its chunk, so episode ``i`` draws (``numpy.random.default_rng([seed, i])``) one organ, a support
+    slice ``z`` containing it, and a query slice ``z'`` of the same volume with ``|z' - z|`` at most
+    ``max_offset`` of that organ's z-extent and the organ present. Both slices go through
+    :func:`episode_augmentation` independently, with the organ's real mask as the foreground.
+
+    Args:
+        volumes: ``[{"id", "image": (1,X,Y,Z), "label": (1,X,Y,Z) integer label map}]`` (z-scored images, as
+            :func:`fewshot_monai.data.io.load_case` returns them).
+        organ_ids: the label ids to draw organs from (each must be in at least one volume).
+        spatial_size: slice size ``S``.
+        seed: episode seed.
+        max_offset: largest support-to-query distance, as a fraction of the organ's z-extent (0: the same slice
+            in two augmented views, as in superpixel training). 0.2, about the half-chunk of the 3-chunk protocol.
+        min_pixels: smallest organ cross-section usable as a support or query slice, in pixels of a 256 x 256
+            slice (scaled with ``S``). 50.
+        augmentation: an :class:`EpisodeAugmentation` (or dict of its fields); ``None`` uses the defaults.
+        channels: channels of the output slices. 3.
+        length: ``len(dataset)`` (episodes are unbounded).
+
+    Items have the keys of :class:`SuperpixelEpisodeDataset` items, with ``"organ"`` (label id) instead of
+    ``"superpixel"`` and ``"query_slice"`` beside ``"slice"``.
+
+    Raises:
+        EmptyMaskError: no volume has any usable slice of an organ in ``organ_ids``.
+        ValueError: bad arguments.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[Mapping],
+        organ_ids: Sequence[int],
+        spatial_size: int = 256,
+        seed: int = 0,
+        max_offset: float = 0.2,
+        min_pixels: int = 50,
+        augmentation: EpisodeAugmentation | Mapping | None = None,
+        channels: int = 3,
+        length: int = 10**9,
+    ):
+        from fewshot_monai.errors import EmptyMaskError
+
+        if not volumes:
+            raise ValueError("no support volumes given")
+        if not organ_ids:
+            raise ValueError("no organ ids given")
+        if not 0.0 <= float(max_offset) <= 1.0:
+            raise ValueError(f"max_offset must be in [0, 1], got {max_offset}")
+        self.spatial_size, self.seed, self.channels, self.length = (
+            int(spatial_size),
+            int(seed),
+            int(channels),
+            int(length),
+        )
+        self.max_offset = float(max_offset)
+        self.min_pixels = max(1, int(round(min_pixels * self.spatial_size**2 / _REFERENCE_SIZE**2)))
+        if not isinstance(augmentation, EpisodeAugmentation):
+            augmentation = EpisodeAugmentation.from_dict(augmentation)
+        self.augmentation = augmentation
+        self.transform = episode_augmentation(self.spatial_size, augmentation)
+        self.volume_ids: list[str] = []
+        self.images: list[torch.Tensor] = []  # (Z, 1, S, S) per volume
+        self.labels: list[torch.Tensor] = []  # (Z, S, S) per volume
+        # (volume, organ id, usable slices of that organ, max offset in slices), one per usable (volume, organ)
+        self.organs: list[tuple[int, int, np.ndarray, int]] = []
+        for v, vol in enumerate(volumes):
+            image = volume_to_slices(_plain(vol["image"]).float(), self.spatial_size, channels=1, mode="bilinear")
+            label = volume_to_slices(_plain(vol["label"]).to(torch.int32), self.spatial_size, 1, "nearest")[:, 0]
+            self.volume_ids.append(str(vol.get("id", v)))
+            self.images.append(image.contiguous())
+            self.labels.append(label.contiguous())
+            for organ in organ_ids:
+                area = (label == int(organ)).reshape(label.shape[0], -1).sum(dim=1).numpy()
+                usable = np.flatnonzero(area >= self.min_pixels)
+                if usable.size:
+                    extent = int(usable[-1] - usable[0] + 1)
+                    self.organs.append((v, int(organ), usable, int(round(self.max_offset * extent))))
+        if not self.organs:
+            raise EmptyMaskError(
+                ", ".join(self.volume_ids), f"no slice shows any of the organs {list(organ_ids)} in the support"
+            )
+
+    def __len__(self) -> int:
+        return self.length
+
+    def describe(self) -> dict:
+        """Counts for logs: volumes, (volume, organ) pairs and usable slices."""
+        return {
+            "volumes": len(self.volume_ids),
+            "organs": len(self.organs),
+            "usable_slices": int(sum(u.size for _, _, u, _ in self.organs)),
+        }
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if index < 0:
+            raise IndexError(f"episode index must be non-negative, got {index}")
+        with _torch_threads(1):
+            return self._episode(index)
+
+    def _episode(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, index])
+        v, organ, usable, offset = self.organs[int(rng.integers(len(self.organs)))]
+        z = int(rng.choice(usable))
+        near = usable[np.abs(usable - z) <= offset]
+        zq = int(rng.choice(near))
+        views = []
+        for slice_z in (z, zq):
+            image = self.images[v][slice_z]
+            mask = (self.labels[v][slice_z] == organ).float()[None]
+            self.transform.set_random_state(seed=int(rng.integers(2**31)))
+            out = self.transform({"image": image.clone(), "label": mask.clone()})
+            view_mask = (_plain(out["label"]) > 0.5).float()
+            if not bool(view_mask.any()):  # augmentation pushed the organ out: keep the slice as it is
+                views.append((image.clone(), mask))
+            else:
+                views.append((_plain(out["image"]).float(), view_mask))
+        (s_img, s_mask), (q_img, q_mask) = views
+        return {
+            "support_image": s_img.expand(self.channels, -1, -1).contiguous(),
+            "support_mask": s_mask,
+            "query_image": q_img.expand(self.channels, -1, -1).contiguous(),
+            "query_mask": q_mask,
+            "index": index,
+            "volume": self.volume_ids[v],
+            "slice": z,
+            "query_slice": zq,
+            "organ": organ,
         }
 
 

@@ -88,12 +88,19 @@ class EvaluationConfig:
         n_chunks, spatial_size, batch_size: inferer options.
         inferer_options: further :class:`~fewshot_monai.inferers.FewShotVolumeInferer` options, e.g.
             ``{"largest_component": False}`` or ``{"peak_fraction": None, "prior_weight": 0}`` (ablations).
+        adapt: support adaptation options (:class:`~fewshot_monai.engines.adaptation.SupportAdaptation` fields,
+            e.g. ``{"iterations": 600}``); None or ``{"iterations": 0}``: no adaptation. The network of each fold is
+            fine-tuned once on its support scan(s), for all evaluated organs together, and then segments every
+            query of the fold; the one-off seconds are reported per support.
+        adapt_cache: folder where adapted networks are kept and reused across runs (EP1 and EP2 share them).
         registration_threads: elastix threads per registration.
         registration_cache: folder where warped support labels are kept and reused across runs (e.g. the EP2
             run after EP1 registers nothing again); None: registered afresh in every run.
         save_predictions: also write predicted label maps under ``<out>/predictions/<method>/``.
         overlays: write overlay PNGs of the best, median and worst scan.
         progress: show tqdm progress bars.
+        command: the command line that made this run, recorded as ``command`` in ``summary.json`` (the CLI fills
+            it in) so that a single fold can be re-run by changing ``--folds`` and ``--out``.
         extra: advanced options, e.g. ``{"registration": {"affine_iterations": 100, "bspline_iterations": 100}}``
             (passed to :func:`~fewshot_monai.evaluation.registration.register_atlases`).
     """
@@ -119,11 +126,14 @@ class EvaluationConfig:
     spatial_size: int = 256
     batch_size: int = 8
     inferer_options: dict = field(default_factory=dict)
+    adapt: dict | None = None
+    adapt_cache: str | None = None
     registration_threads: int = 2
     registration_cache: str | None = None
     save_predictions: bool = False
     overlays: bool = True
     progress: bool = True
+    command: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -346,6 +356,14 @@ class _EvaluationRun:
         bad = [k for k in self.indices if not 0 <= k < len(self.all_folds)]
         if bad:
             raise ValueError(f"fold index(es) {bad} out of range 0..{len(self.all_folds) - 1}")
+        from fewshot_monai.engines.adaptation import SupportAdaptation
+
+        self.adaptation = SupportAdaptation.from_dict(cfg.adapt) if cfg.adapt else None
+        if self.adaptation is not None and self.adaptation.spatial_size is None:
+            self.adaptation = dataclasses.replace(self.adaptation, spatial_size=int(cfg.spatial_size))
+        if self.adaptation is not None and self.adaptation.iterations == 0:
+            self.adaptation = None
+        self.adapted: dict[int, dict] = {}
         self.models = _Models(cfg, self.data.modality)
         self.models.check(self.indices)
         self.out = Path(cfg.out)
@@ -392,13 +410,40 @@ class _EvaluationRun:
                 continue
             support_masks[organ] = masks
         cfg = self.cfg
+        network = model.network
+        if self.adaptation is not None and support_masks:
+            network = self.adapt(fold, network, supports, [self.data.label_map[o] for o in support_masks])
         inferer = make_inferer(
             self.protocol, cfg.n_chunks, cfg.spatial_size, cfg.batch_size, self.refinement, **cfg.inferer_options
         )
         queries = list(fold.query_ids)[: cfg.limit_queries] if cfg.limit_queries else list(fold.query_ids)
         bar = tqdm(queries, desc=f"fold {fold.index} scans", unit="scan", leave=False, disable=not cfg.progress)
         for scan in bar:
-            self.run_query(fold, scan, model.network, inferer, supports, support_masks)
+            self.run_query(fold, scan, network, inferer, supports, support_masks)
+
+    def adapt(self, fold: Fold, network, supports, organ_ids):
+        """The fold's network fine-tuned on its support scan(s) (:mod:`fewshot_monai.engines.adaptation`)."""
+        from fewshot_monai.engines.adaptation import adapt_to_support
+
+        adapted = adapt_to_support(
+            network,
+            [s["image"] for s in supports],
+            [s["label"] for s in supports],
+            organ_ids,
+            self.adaptation,
+            cache_dir=self.cfg.adapt_cache,
+            progress=self.cfg.progress,
+        )
+        self.adapted[fold.index] = {
+            "seconds": round(adapted.seconds, 1),
+            "from_cache": adapted.from_cache,
+            "key": adapted.key,
+            "losses": adapted.losses,
+        }
+        logger.info(
+            "fold %d: network adapted to support %s in %.0f s", fold.index, ",".join(fold.support_ids), adapted.seconds
+        )
+        return adapted.network
 
     def run_query(self, fold: Fold, scan: str, network, inferer, supports, support_masks) -> None:
         try:
@@ -523,6 +568,7 @@ class _EvaluationRun:
         ours = [r for r in self.rows if r["method"] == METHOD_NAME]
         summary = summarise_rows(ours, self.organs, self.query_seconds[METHOD_NAME])
         summary["method"] = METHOD_NAME
+        summary["command"] = cfg.command
         summary["protocol"] = {
             "dataset": cfg.dataset,
             "data": str(Path(cfg.data).resolve()),
@@ -542,6 +588,7 @@ class _EvaluationRun:
             "n_chunks": cfg.n_chunks,
             "spatial_size": cfg.spatial_size,
             "inferer_options": dict(cfg.inferer_options),
+            "adapt": None if self.adaptation is None else self.adaptation.to_dict(),
             "model_arg": cfg.model,
             "model": descriptions[0] if len(descriptions) == 1 else "; ".join(descriptions),
             "model_per_fold": {str(k): v for k, v in self.model_descriptions.items()},
@@ -560,6 +607,15 @@ class _EvaluationRun:
             if f.index in self.indices
         ]
         summary["skipped"] = self.skipped
+        if self.adaptation is not None:
+            per_fold = {str(k): v for k, v in sorted(self.adapted.items())}
+            seconds = [v["seconds"] for v in self.adapted.values()]
+            summary["adaptation"] = {
+                "options": self.adaptation.to_dict(),
+                "seconds_per_support": float(np.mean(seconds)) if seconds else None,
+                "per_fold": per_fold,
+                "note": "one-off fine-tuning per support, not included in seconds_per_query",
+            }
         if self.refinement is not None:
             plain_rows = [r for r in self.rows if r["method"] == PLAIN_METHOD_NAME]
             plain = summarise_rows(plain_rows, self.organs, self.query_seconds[PLAIN_METHOD_NAME])
