@@ -83,6 +83,8 @@ class FewShotVolumeInferer(Inferer):
         peak_fraction, prior_weight: how the organ range is estimated (``z_range="estimate"``), see
             :func:`~fewshot_monai.inferers.protocol.estimate_z_range`; the prior length is the support organ's
             length in mm over the query's slice spacing.
+        spatial_prior: weight of the support organ's in-plane position prior (body-relative, per chunk;
+            :mod:`fewshot_monai.inferers.prior`) on the foreground probabilities; 0 (default): none.
 
     Call:
         ``inferer(inputs, network, support_images=..., support_masks=..., query_z_range=None)`` where
@@ -105,11 +107,16 @@ class FewShotVolumeInferer(Inferer):
         largest_component: bool = True,
         peak_fraction: float | None = 0.5,
         prior_weight: float = 0.5,
+        spatial_prior: float = 0.0,
     ) -> None:
         if z_range not in ("estimate", "given"):
             raise ValueError(f"z_range must be 'estimate' or 'given', got {z_range!r}")
         self.protocol = FewShotSliceProtocol(
-            n_chunks=n_chunks, batch_size=batch_size, peak_fraction=peak_fraction, prior_weight=prior_weight
+            n_chunks=n_chunks,
+            batch_size=batch_size,
+            peak_fraction=peak_fraction,
+            prior_weight=prior_weight,
+            spatial_prior=spatial_prior,
         )
         self.z_range = z_range
         self.spatial_size = spatial_size
@@ -129,7 +136,14 @@ class FewShotVolumeInferer(Inferer):
             source_of(m) or source_of(img) or f"support volume {k}" for k, (img, m) in enumerate(zip(images, masks))
         ]
         spacings = [slice_spacing(img) for img in images]
-        return support_set_from_stacks(image_stacks, mask_stacks, self.protocol.n_chunks, sources, spacings)
+        return support_set_from_stacks(
+            image_stacks,
+            mask_stacks,
+            self.protocol.n_chunks,
+            sources,
+            spacings,
+            position=self.protocol.spatial_prior > 0,
+        )
 
     @torch.no_grad()
     def segment_one(

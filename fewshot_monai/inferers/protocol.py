@@ -36,11 +36,14 @@ class SupportSet:
 
     ``organ_lengths`` holds each support volume's organ length along z (slices times the slice spacing given to
     :func:`support_set_from_stacks`: mm for volumes with an affine), the prior of the range estimate.
+    ``position`` holds, when asked for, the organ's body-relative in-plane occupancy per chunk plus a pooled map,
+    ``(C + 1, G, G)`` (:func:`fewshot_monai.inferers.prior.position_maps`).
     """
 
     images: list[torch.Tensor]
     masks: list[torch.Tensor]
     organ_lengths: list[float] = field(default_factory=list)
+    position: torch.Tensor | None = None
 
     @property
     def n_chunks(self) -> int:
@@ -68,6 +71,8 @@ class FewShotContext:
         statistics: for networks with ``score_statistics`` (ALPNet), the per-class ``(log_mass, logits)`` of every
             scored slice against its chunk's bank, ``(Z, 2, h, w)`` each (unscored slices: zeros), so that a stage
             adding prototypes scores only those and merges (``FewShotSliceProtocol.score_added``).
+        prior: ``(Z, H, W)`` in-plane position prior of every slice (:mod:`fewshot_monai.inferers.prior`), already
+            applied to ``probabilities`` and to whatever ``score_added`` returns; None without a spatial prior.
     """
 
     query_features: torch.Tensor
@@ -78,6 +83,7 @@ class FewShotContext:
     output_size: tuple[int, int]
     diagnostics: dict = field(default_factory=dict)
     statistics: tuple[torch.Tensor, torch.Tensor] | None = None
+    prior: torch.Tensor | None = None
 
 
 def support_set_from_stacks(
@@ -86,6 +92,7 @@ def support_set_from_stacks(
     n_chunks: int,
     sources: Sequence[str] | None = None,
     spacings: Sequence[float] | None = None,
+    position: bool = False,
 ) -> SupportSet:
     """Pick the chunk-centre slices of each support volume (k-shot = several volumes).
 
@@ -95,22 +102,29 @@ def support_set_from_stacks(
         n_chunks: number of chunks C.
         sources: names of the support volumes, for error messages.
         spacings: slice spacing of each support volume (mm), for the organ lengths (default 1: in slices).
+        position: also compute the organ's position maps (for the protocol's ``spatial_prior``).
     """
     if len(images) != len(masks) or not images:
         raise ValueError(f"need as many support masks as images and at least one, got {len(images)} and {len(masks)}")
     chunk_images: list[list[torch.Tensor]] = [[] for _ in range(n_chunks)]
     chunk_masks: list[list[torch.Tensor]] = [[] for _ in range(n_chunks)]
-    lengths = []
+    lengths, chunks_per_volume = [], []
     for k, (img, msk) in enumerate(zip(images, masks)):
         z_mask = msk.reshape(msk.shape[0], -1).any(dim=1).cpu().numpy()
         if not z_mask.any():
             raise EmptyMaskError(sources[k] if sources else f"support volume {k}", "support mask is empty")
         first, last = organ_z_extent(z_mask)
         lengths.append((last - first + 1) * (float(spacings[k]) if spacings else 1.0))
+        chunks_per_volume.append(chunk_slices(first, last, n_chunks))
         for c, z in enumerate(chunk_centres(first, last, n_chunks)):
             chunk_images[c].append(img[z])
             chunk_masks[c].append(msk[z])
-    return SupportSet([torch.stack(x) for x in chunk_images], [torch.stack(x) for x in chunk_masks], lengths)
+    maps = None
+    if position:
+        from fewshot_monai.inferers.prior import position_maps
+
+        maps = position_maps(images, masks, chunks_per_volume)
+    return SupportSet([torch.stack(x) for x in chunk_images], [torch.stack(x) for x in chunk_masks], lengths, maps)
 
 
 def estimate_z_range(
@@ -173,6 +187,9 @@ class FewShotSliceProtocol:
             query range is estimated.
         peak_fraction, prior_weight: options of :func:`estimate_z_range` (``peak_fraction=None``: the extent of
             the first pass's largest component; ``prior_weight=0``: no support-length prior).
+        spatial_prior: weight ``w`` of the support's in-plane position prior (:mod:`fewshot_monai.inferers.prior`)
+            on every foreground probability, first pass included; 0 (default) switches it off. Needs a support set
+            made with ``position=True``.
     """
 
     def __init__(
@@ -182,6 +199,7 @@ class FewShotSliceProtocol:
         estimate_min_voxels: int = 20,
         peak_fraction: float | None = 0.5,
         prior_weight: float = 0.5,
+        spatial_prior: float = 0.0,
     ) -> None:
         if n_chunks < 1:
             raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
@@ -194,6 +212,14 @@ class FewShotSliceProtocol:
         self.estimate_min_voxels = estimate_min_voxels
         self.peak_fraction = None if peak_fraction is None else float(peak_fraction)
         self.prior_weight = float(prior_weight)
+        if float(spatial_prior) < 0:
+            raise ValueError(f"spatial_prior must be >= 0, got {spatial_prior}")
+        self.spatial_prior = float(spatial_prior)
+
+    def _with_prior(self, probabilities: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        from fewshot_monai.inferers.prior import apply_prior
+
+        return probabilities if prior is None else apply_prior(probabilities, prior, self.spatial_prior)
 
     @torch.no_grad()
     def encode(self, network, stack: torch.Tensor) -> torch.Tensor:
@@ -227,7 +253,8 @@ class FewShotSliceProtocol:
         base = (context.statistics[0][index], context.statistics[1][index])
         added = self.statistics(network, context.query_features[index], added_bank)
         _, logits = merge_statistics(base, added)
-        return torch.softmax(network.upsample(logits, context.output_size), dim=1)
+        probabilities = torch.softmax(network.upsample(logits, context.output_size), dim=1)
+        return self._with_prior(probabilities, None if context.prior is None else context.prior[index])
 
     def chunk_assignment(self, n_slices: int, z_range: tuple[int, int] | None) -> torch.Tensor:
         """(Z,) chunk index per query slice, -1 outside ``z_range``."""
@@ -257,6 +284,8 @@ class FewShotSliceProtocol:
                 probs[idx] = torch.softmax(network.upsample(logits, context.output_size), dim=1)
             else:
                 probs[idx] = self.score(network, context.query_features[idx], bank, context.output_size)
+            if context.prior is not None:
+                probs[idx] = self._with_prior(probs[idx], context.prior[idx])
         return probs
 
     @torch.no_grad()
@@ -285,6 +314,9 @@ class FewShotSliceProtocol:
         if support.n_chunks != self.n_chunks:
             raise ValueError(f"support set has {support.n_chunks} chunks, protocol expects {self.n_chunks}")
         output_size = tuple(query.shape[-2:])
+        use_prior = self.spatial_prior > 0
+        if use_prior and support.position is None:
+            raise ValueError("spatial_prior > 0 needs a support set with position maps (position=True)")
         features = self.encode(network, query) if query_features is None else query_features
         banks = [
             network.build_bank(support_features=self.encode(network, img), support_masks=msk)
@@ -297,6 +329,11 @@ class FewShotSliceProtocol:
             all_images, all_masks = support.all_slices()
             first_bank = network.build_bank(support_features=self.encode(network, all_images), support_masks=all_masks)
             first = self.score(network, features, first_bank, output_size)
+            if use_prior:
+                from fewshot_monai.inferers.prior import query_prior
+
+                unassigned = torch.full((features.shape[0],), -1, dtype=torch.long)
+                first = self._with_prior(first, query_prior(support.position, query, unassigned))
             prior = float(np.mean(support.organ_lengths)) / float(slice_spacing) if support.organ_lengths else None
             z_range = estimate_z_range(
                 (first[:, 1] > 0.5).cpu().numpy(),
@@ -316,5 +353,9 @@ class FewShotSliceProtocol:
             output_size=output_size,
             diagnostics=diagnostics,
         )
+        if use_prior:
+            from fewshot_monai.inferers.prior import query_prior
+
+            context.prior = query_prior(support.position, query, context.chunk_of_slice)
         context.probabilities = self.predict_chunks(network, context)
         return context

@@ -1,0 +1,51 @@
+"""The support's in-plane position prior: body box, body-relative maps, placement in the query, fusion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewshot_monai.inferers.prior import apply_prior, body_box, position_maps, query_prior
+
+
+def _stack(z, size, body, organ=None):
+    """A (Z, 3, S, S) stack: bright body rectangle ``body`` = (r0, r1, c0, c1) on dark air; mask of ``organ``."""
+    image = torch.full((z, 3, size, size), -1.0)
+    r0, r1, c0, c1 = body
+    image[:, :, r0 : r1 + 1, c0 : c1 + 1] = 1.0
+    mask = torch.zeros((z, 1, size, size))
+    if organ is not None:
+        o0, o1, p0, p1 = organ
+        mask[:, :, o0 : o1 + 1, p0 : p1 + 1] = 1.0
+    return image, mask
+
+
+def test_body_box_finds_the_body_rectangle():
+    image, _ = _stack(6, 64, (10, 49, 5, 60))
+    assert body_box(image) == (10, 49, 5, 60)
+
+
+def test_the_prior_follows_the_organ_into_a_shifted_and_smaller_body():
+    # support: body fills rows 0-63, organ in the body's left-hand quarter of columns
+    s_img, s_mask = _stack(9, 64, (0, 63, 0, 63), organ=(24, 39, 0, 15))
+    maps = position_maps([s_img], [s_mask], [[[0, 1, 2], [3, 4, 5], [6, 7, 8]]], grid=32, sigma=0.05)
+    assert maps.shape == (4, 32, 32) and float(maps.max()) == pytest.approx(1.0)
+    # query: the body is half as wide and sits on the right of the slice
+    q_img, _ = _stack(5, 64, (0, 63, 32, 63))
+    prior = query_prior(maps, q_img, torch.tensor([-1, 0, 1, 2, -1]))
+    assert prior.shape == (5, 64, 64)
+    assert float(prior[:, :, :32].max()) == 0.0  # nothing outside the query's body
+    centre = prior[2, 32, 32:40].mean()  # the organ's relative place: first quarter of the body's columns
+    far = prior[2, 32, 56:64].mean()
+    assert centre > 0.5 and far < 0.05
+
+
+def test_apply_prior_only_lowers_the_foreground():
+    p = torch.tensor([0.9, 0.6, 0.2]).reshape(3, 1, 1)
+    probs = torch.cat([1 - p, p], dim=1).reshape(3, 2, 1, 1)
+    ones, zeros = torch.ones(3, 1, 1), torch.zeros(3, 1, 1)
+    assert torch.allclose(apply_prior(probs, ones, 1.0), probs)
+    assert float(apply_prior(probs, zeros, 1.0)[:, 1].max()) < 1e-4
+    half = apply_prior(probs, torch.full((3, 1, 1), 0.5), 1.0)
+    assert torch.all(half[:, 1] < probs[:, 1]) and torch.allclose(half.sum(dim=1), torch.ones(3, 1, 1))
+    assert apply_prior(probs, zeros, 0.0) is probs  # weight 0: off
