@@ -96,11 +96,11 @@ def test_ep2_never_reads_the_query_label(net):
     query_img, query_lbl = blob_volume(centre=(46, 48), radii=(20, 17), z=(7, 16), seed=1)
     ep2 = get_protocol("ep2")
     inferer = make_inferer(ep2, spatial_size=96)
-    pred_raising, used = predict_organ(ep2, inferer, net, query_img, [support_img], [support_lbl], _raising_label)
-    pred_zeros, used_zeros = predict_organ(
+    pred_raising, used, _ = predict_organ(ep2, inferer, net, query_img, [support_img], [support_lbl], _raising_label)
+    pred_zeros, used_zeros, _ = predict_organ(
         ep2, inferer, net, query_img, [support_img], [support_lbl], lambda: torch.zeros_like(query_lbl)
     )
-    pred_none, _ = predict_organ(ep2, inferer, net, query_img, [support_img], [support_lbl], None)
+    pred_none, _, _ = predict_organ(ep2, inferer, net, query_img, [support_img], [support_lbl], None)
     assert np.array_equal(pred_raising, pred_zeros) and np.array_equal(pred_raising, pred_none)
     assert used == used_zeros and used is not None
     assert dice_score(pred_raising, query_lbl[0] > 0) > 0.7  # it did find the organ on its own
@@ -118,12 +118,13 @@ def test_ep1_uses_the_query_range_and_scores_only_it(net):
         return query_lbl
 
     inferer = make_inferer(ep1, spatial_size=96)
-    pred, used = predict_organ(ep1, inferer, net, query_img, [support_img], [support_lbl], label)
+    pred, used, probability = predict_organ(ep1, inferer, net, query_img, [support_img], [support_lbl], label)
+    assert np.array_equal(pred, (probability > 0.5).numpy())
     assert calls and used == (7, 16) and ep1.scored_range(query_lbl) == (7, 16)
     assert not pred[..., :7].any() and not pred[..., 17:].any()
     # reusing the query's cached features (as the runner does for its next organs) changes nothing
     features = inferer.last_contexts[0].query_features
-    again, _ = predict_organ(ep1, inferer, net, query_img, [support_img], [support_lbl], label, features)
+    again, _, _ = predict_organ(ep1, inferer, net, query_img, [support_img], [support_lbl], label, features)
     assert np.array_equal(pred, again) and inferer.last_contexts[0].query_features is features
     with pytest.raises(ValueError, match="needs the query organ mask"):
         predict_organ(ep1, make_inferer(ep1), net, query_img, [support_img], [support_lbl], None)
@@ -342,3 +343,20 @@ def test_inferer_options_reach_the_inferer_and_bad_ones_fail_early(phantom_dir, 
     )  # fmt: skip
     assert summary["protocol"]["inferer_options"] == {"peak_fraction": None, "prior_weight": 0.0,
                                                       "largest_component": False}  # fmt: skip
+
+
+def test_joint_scoring_merges_organs_into_one_label_map(phantom_dir, tmp_path):
+    from fewshot_monai.evaluation.runner import run_evaluation
+
+    out = tmp_path / "joint"
+    kidneys = ["right_kidney", "left_kidney"]
+    summary = run_evaluation(_config(phantom_dir, out, protocol="ep1", folds=[0], organs=kidneys, joint=True,
+                                     overlays=False, save_predictions=True))  # fmt: skip
+    joint = summary["joint"]
+    assert joint["method"] == "fewshot_joint" and set(joint["dice"]) == set(kidneys)
+    with open(out / "per_scan.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    ours = {(r["scan"], r["organ"]): float(r["dice"]) for r in rows if r["method"] == "fewshot"}
+    merged = {(r["scan"], r["organ"]): float(r["dice"]) for r in rows if r["method"] == "fewshot_joint"}
+    assert set(ours) == set(merged)
+    assert (out / "predictions" / "fewshot_joint").is_dir()

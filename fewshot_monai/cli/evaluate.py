@@ -116,6 +116,11 @@ def add_parser(subparsers) -> None:
         default=None,
         help="folder to keep warped support labels in and reuse them (e.g. the EP2 run after EP1)",
     )
+    parser.add_argument(
+        "--joint",
+        action="store_true",
+        help="also score the organs merged into one label map (each voxel to its most probable organ)",
+    )
     parser.add_argument("--save-predictions", action="store_true", help="also write predicted label maps")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--out", required=True, help="output folder")
@@ -149,6 +154,7 @@ def config_from_args(args: argparse.Namespace):
         adapt_cache=args.adapt_cache,
         registration_threads=args.registration_threads,
         registration_cache=args.registration_cache,
+        joint=args.joint,
         save_predictions=args.save_predictions,
         progress=not args.no_progress,
         command=command_line(),

@@ -14,13 +14,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from fewshot_monai.transforms.labels import organ_z_extent
 
-__all__ = ["EvaluationProtocol", "PROTOCOLS", "get_protocol", "make_inferer", "predict_organ"]
+__all__ = ["EvaluationProtocol", "PROTOCOLS", "OrganPrediction", "get_protocol", "make_inferer", "predict_organ"]
+
+
+class OrganPrediction(NamedTuple):
+    """One organ of one query: the binary ``(X, Y, Z)`` mask, the z-range the method used (None: no organ found)
+    and the foreground probability ``(X, Y, Z)`` behind the mask (for merging organs into one label map)."""
+
+    mask: np.ndarray
+    z_range: tuple[int, int] | None
+    probability: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -69,9 +79,7 @@ def get_protocol(name: str) -> EvaluationProtocol:
     return PROTOCOLS[key]
 
 
-def make_inferer(
-    protocol: EvaluationProtocol, n_chunks=3, spatial_size=256, batch_size=8, refinement=None, **options
-):
+def make_inferer(protocol: EvaluationProtocol, n_chunks=3, spatial_size=256, batch_size=8, refinement=None, **options):
     """A :class:`~fewshot_monai.inferers.FewShotVolumeInferer` configured for ``protocol`` (``options``: its other
     keyword arguments, e.g. ``largest_component=False``)."""
     from fewshot_monai.inferers import FewShotVolumeInferer
@@ -97,7 +105,7 @@ def predict_organ(
     query_mask: Callable[[], torch.Tensor] | None = None,
     query_features: torch.Tensor | None = None,
     z_range_hint: tuple[int, int] | None = None,
-) -> tuple[np.ndarray, tuple[int, int] | None]:
+) -> OrganPrediction:
     """Segment one organ of one query volume under ``protocol``.
 
     Args:
@@ -115,8 +123,8 @@ def predict_organ(
             extent of a registered support label), used instead of the network's own estimate.
 
     Returns:
-        the binary (X, Y, Z) prediction and the z-range the method used (given for EP1, estimated for EP2,
-        None if EP2 found no organ).
+        an :class:`OrganPrediction`: the binary (X, Y, Z) prediction, the z-range the method used (given for EP1,
+        estimated for EP2, None if EP2 found no organ) and the foreground probability.
     """
     z_range = None
     if protocol.uses_query_range:
@@ -133,9 +141,11 @@ def predict_organ(
         query_z_range=z_range,
         query_features=None if query_features is None else [query_features],
     )
-    prediction = (torch.as_tensor(probabilities)[0, 1] > 0.5).cpu().numpy()
+    foreground = torch.as_tensor(probabilities)[0, 1].float()
     used = inferer.last_contexts[0].z_range
-    return prediction, (None if used is None else (int(used[0]), int(used[1])))
+    return OrganPrediction(
+        (foreground > 0.5).cpu().numpy(), None if used is None else (int(used[0]), int(used[1])), foreground
+    )
 
 
 def plain_prediction(inferer, query_image: torch.Tensor) -> np.ndarray:
