@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewshot_monai.inferers.prior import apply_prior, body_box, position_maps, query_prior
+from fewshot_monai.inferers.prior import apply_prior, body_box, position_map, query_prior
 
 
 def _stack(z, size, body, organ=None):
@@ -28,24 +28,29 @@ def test_body_box_finds_the_body_rectangle():
 def test_the_prior_follows_the_organ_into_a_shifted_and_smaller_body():
     # support: body fills rows 0-63, organ in the body's left-hand quarter of columns
     s_img, s_mask = _stack(9, 64, (0, 63, 0, 63), organ=(24, 39, 0, 15))
-    maps = position_maps([s_img], [s_mask], [[[0, 1, 2], [3, 4, 5], [6, 7, 8]]], grid=32, sigma=0.05)
-    assert maps.shape == (4, 32, 32) and float(maps.max()) == pytest.approx(1.0)
+    s_mask[:2] = 0  # slices without the organ do not dilute the map
+    peaked = position_map([s_img], [s_mask], grid=32, sigma=0.05, saturation=1.0)
+    assert peaked.shape == (32, 32) and float(peaked.max()) == pytest.approx(1.0)
     # query: the body is half as wide and sits on the right of the slice
     q_img, _ = _stack(5, 64, (0, 63, 32, 63))
-    prior = query_prior(maps, q_img, torch.tensor([-1, 0, 1, 2, -1]))
-    assert prior.shape == (5, 64, 64)
-    assert float(prior[:, :, :32].max()) == 0.0  # nothing outside the query's body
-    centre = prior[2, 32, 32:40].mean()  # the organ's relative place: first quarter of the body's columns
-    far = prior[2, 32, 56:64].mean()
+    prior = query_prior(peaked, q_img)
+    assert prior.shape == (64, 64)
+    assert float(prior[:, :32].max()) == 0.0  # nothing outside the query's body
+    centre = prior[32, 32:40].mean()  # the organ's relative place: first quarter of the body's columns
+    far = prior[32, 56:64].mean()
     assert centre > 0.5 and far < 0.05
+    # saturation: everywhere the support organ plausibly was, the prior is exactly 1
+    broad = position_map([s_img], [s_mask], grid=32, sigma=0.05, saturation=0.2)
+    assert float((broad == 1.0).float().mean()) > float((peaked == 1.0).float().mean())
+    assert float(broad[:, -4:].max()) < 0.05
 
 
 def test_apply_prior_only_lowers_the_foreground():
     p = torch.tensor([0.9, 0.6, 0.2]).reshape(3, 1, 1)
     probs = torch.cat([1 - p, p], dim=1).reshape(3, 2, 1, 1)
-    ones, zeros = torch.ones(3, 1, 1), torch.zeros(3, 1, 1)
+    ones, zeros = torch.ones(1, 1), torch.zeros(1, 1)
     assert torch.allclose(apply_prior(probs, ones, 1.0), probs)
     assert float(apply_prior(probs, zeros, 1.0)[:, 1].max()) < 1e-4
-    half = apply_prior(probs, torch.full((3, 1, 1), 0.5), 1.0)
+    half = apply_prior(probs, torch.full((1, 1), 0.5), 1.0)
     assert torch.all(half[:, 1] < probs[:, 1]) and torch.allclose(half.sum(dim=1), torch.ones(3, 1, 1))
     assert apply_prior(probs, zeros, 0.0) is probs  # weight 0: off

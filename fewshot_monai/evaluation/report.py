@@ -325,6 +325,8 @@ def method_summaries(summary: Mapping) -> dict[str, Mapping]:
     methods = {name if strategy == "none" else f"{name}+{strategy}": summary}
     if "plain" in summary:
         methods[summary["plain"].get("method", "fewshot_plain")] = summary["plain"]
+    if "joint" in summary:
+        methods[summary["joint"].get("method", "fewshot_joint")] = summary["joint"]
     methods.update(summary.get("baseline", {}))
     return methods
 

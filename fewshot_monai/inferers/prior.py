@@ -6,10 +6,11 @@ relative position varies little between patients. This module turns it into a so
 
 1. :func:`body_box` -- the in-plane bounding box of the body in a slice stack (Otsu threshold of the intensities,
    pixels that are body in at least a fifth of the slices);
-2. :func:`position_maps` -- per chunk, the support's organ masks cropped to the support's body box, resampled to a
-   ``grid x grid`` square, averaged, blurred and scaled to a maximum of 1: the organ's occupancy in
-   body-relative coordinates; the last map pools every organ slice (for slices outside any chunk);
-3. :func:`query_prior` -- the maps placed into the query's body box: ``(Z, H, W)`` values in [0, 1];
+2. :func:`position_map` -- the support's organ masks cropped to the support's body box, resampled to a
+   ``grid x grid`` square, averaged over the organ's slices and blurred: the organ's occupancy in body-relative
+   coordinates, saturated to 1 from a fraction of its peak (pooling all slices was more tolerant of anatomical
+   variation than per-chunk maps on CHAOS fold 0: ``docs/accuracy.md``);
+3. :func:`query_prior` -- the map placed into the query's body box: ``(H, W)`` values in [0, 1];
 4. :func:`apply_prior` -- the foreground probability tempered by the prior, ``p q^w / (p q^w + 1 - p)``: it only
    ever lowers the foreground where the support organ never was, and leaves it unchanged where ``q = 1``.
 """
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-__all__ = ["body_box", "position_maps", "query_prior", "apply_prior"]
+__all__ = ["body_box", "position_map", "query_prior", "apply_prior"]
 
 
 def body_box(stack: torch.Tensor, fraction: float = 0.2) -> tuple[int, int, int, int]:
@@ -52,55 +53,48 @@ def _crop_resize(x: torch.Tensor, box: tuple[int, int, int, int], size: Sequence
     return F.interpolate(crop, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[:, 0]
 
 
-def position_maps(
+def position_map(
     image_stacks: Sequence[torch.Tensor],
     mask_stacks: Sequence[torch.Tensor],
-    chunk_slices: Sequence[Sequence[Sequence[int]]],
     grid: int = 64,
-    sigma: float = 0.08,
+    sigma: float = 0.15,
+    saturation: float = 0.2,
 ) -> torch.Tensor:
-    """Body-relative occupancy maps of the support organ, ``(C + 1, grid, grid)`` in [0, 1].
+    """Body-relative occupancy map of the support organ, ``(grid, grid)`` in [0, 1].
 
     Args:
         image_stacks: per support volume, its ``(Z, 3, H, W)`` slices.
         mask_stacks: per support volume, its ``(Z, 1, H, W)`` binary organ masks.
-        chunk_slices: per support volume, per chunk, the slice indices of that chunk of the organ.
-        grid: resolution of the maps.
+        grid: resolution of the map.
         sigma: Gaussian blur, as a fraction of the body box (the tolerance for anatomical variation).
+        saturation: occupancy (fraction of the map's peak) from which the prior is 1: the prior only speaks
+            where the support organ clearly never was, it does not shape the organ.
     """
-    n_chunks = len(chunk_slices[0])
-    sums = torch.zeros((n_chunks + 1, grid, grid))
-    counts = torch.zeros(n_chunks + 1)
-    for image, mask, chunks in zip(image_stacks, mask_stacks, chunk_slices):
-        box = body_box(image)
-        for c, idx in enumerate(chunks):
-            if len(idx):
-                resized = _crop_resize(mask[list(idx), 0], box, (grid, grid))
-                sums[c] += resized.sum(dim=0)
-                sums[n_chunks] += resized.sum(dim=0)
-                counts[c] += len(idx)
-                counts[n_chunks] += len(idx)
-    maps = sums / counts.clamp(min=1)[:, None, None]
-    blurred = np.stack([ndimage.gaussian_filter(m.numpy(), sigma * grid, mode="constant") for m in maps])
-    peak = blurred.reshape(len(blurred), -1).max(axis=1)
-    return torch.from_numpy(blurred / np.where(peak > 0, peak, 1.0)[:, None, None]).float()
+    total = torch.zeros((grid, grid))
+    count = 0
+    for image, mask in zip(image_stacks, mask_stacks):
+        organ = torch.nonzero(mask.reshape(mask.shape[0], -1).any(dim=1)).flatten()
+        if organ.numel():
+            total += _crop_resize(mask[organ, 0], body_box(image), (grid, grid)).sum(dim=0)
+            count += int(organ.numel())
+    blurred = ndimage.gaussian_filter((total / max(count, 1)).numpy(), sigma * grid, mode="constant")
+    level = float(saturation) * (float(blurred.max()) or 1.0)
+    return torch.from_numpy(np.minimum(blurred / level, 1.0)).float()
 
 
-def query_prior(maps: torch.Tensor, query_stack: torch.Tensor, chunk_of_slice: torch.Tensor) -> torch.Tensor:
-    """``(Z, H, W)`` prior of a query stack: chunk ``c``'s map in slices of chunk ``c``, the pooled map elsewhere,
-    each placed into the query's body box (0 outside it)."""
-    z, _, h, w = query_stack.shape
+def query_prior(position: torch.Tensor, query_stack: torch.Tensor) -> torch.Tensor:
+    """``(H, W)`` prior of a query stack: the position map placed into the query's body box (0 outside it)."""
+    _, _, h, w = query_stack.shape
     r0, r1, c0, c1 = body_box(query_stack)
-    placed = F.interpolate(maps[:, None], size=(r1 - r0 + 1, c1 - c0 + 1), mode="bilinear", align_corners=False)
-    full = torch.zeros((maps.shape[0], h, w))
-    full[:, r0 : r1 + 1, c0 : c1 + 1] = placed[:, 0].clamp(0.0, 1.0)
-    index = torch.where(chunk_of_slice >= 0, chunk_of_slice, torch.full_like(chunk_of_slice, maps.shape[0] - 1))
-    return full[index]
+    placed = F.interpolate(position[None, None], size=(r1 - r0 + 1, c1 - c0 + 1), mode="bilinear", align_corners=False)
+    full = torch.zeros((h, w))
+    full[r0 : r1 + 1, c0 : c1 + 1] = placed[0, 0].clamp(0.0, 1.0)
+    return full
 
 
 def apply_prior(probabilities: torch.Tensor, prior: torch.Tensor, weight: float) -> torch.Tensor:
-    """``(N, 2, H, W)`` probabilities with the foreground tempered by a ``(N, H, W)`` prior: ``p q^w / (p q^w + 1 -
-    p)``; weight 0 returns the input."""
+    """``(N, 2, H, W)`` probabilities with the foreground tempered by an ``(H, W)`` (or ``(N, H, W)``) prior:
+    ``p q^w / (p q^w + 1 - p)``; weight 0 returns the input."""
     if weight <= 0:
         return probabilities
     fg = probabilities[:, 1]

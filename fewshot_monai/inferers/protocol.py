@@ -36,8 +36,8 @@ class SupportSet:
 
     ``organ_lengths`` holds each support volume's organ length along z (slices times the slice spacing given to
     :func:`support_set_from_stacks`: mm for volumes with an affine), the prior of the range estimate.
-    ``position`` holds, when asked for, the organ's body-relative in-plane occupancy per chunk plus a pooled map,
-    ``(C + 1, G, G)`` (:func:`fewshot_monai.inferers.prior.position_maps`).
+    ``position`` holds, when asked for, the organ's body-relative in-plane occupancy map ``(G, G)``
+    (:func:`fewshot_monai.inferers.prior.position_map`).
     """
 
     images: list[torch.Tensor]
@@ -71,7 +71,7 @@ class FewShotContext:
         statistics: for networks with ``score_statistics`` (ALPNet), the per-class ``(log_mass, logits)`` of every
             scored slice against its chunk's bank, ``(Z, 2, h, w)`` each (unscored slices: zeros), so that a stage
             adding prototypes scores only those and merges (``FewShotSliceProtocol.score_added``).
-        prior: ``(Z, H, W)`` in-plane position prior of every slice (:mod:`fewshot_monai.inferers.prior`), already
+        prior: ``(H, W)`` in-plane position prior of the query slices (:mod:`fewshot_monai.inferers.prior`), already
             applied to ``probabilities`` and to whatever ``score_added`` returns; None without a spatial prior.
     """
 
@@ -108,23 +108,22 @@ def support_set_from_stacks(
         raise ValueError(f"need as many support masks as images and at least one, got {len(images)} and {len(masks)}")
     chunk_images: list[list[torch.Tensor]] = [[] for _ in range(n_chunks)]
     chunk_masks: list[list[torch.Tensor]] = [[] for _ in range(n_chunks)]
-    lengths, chunks_per_volume = [], []
+    lengths = []
     for k, (img, msk) in enumerate(zip(images, masks)):
         z_mask = msk.reshape(msk.shape[0], -1).any(dim=1).cpu().numpy()
         if not z_mask.any():
             raise EmptyMaskError(sources[k] if sources else f"support volume {k}", "support mask is empty")
         first, last = organ_z_extent(z_mask)
         lengths.append((last - first + 1) * (float(spacings[k]) if spacings else 1.0))
-        chunks_per_volume.append(chunk_slices(first, last, n_chunks))
         for c, z in enumerate(chunk_centres(first, last, n_chunks)):
             chunk_images[c].append(img[z])
             chunk_masks[c].append(msk[z])
-    maps = None
+    prior_map = None
     if position:
-        from fewshot_monai.inferers.prior import position_maps
+        from fewshot_monai.inferers.prior import position_map
 
-        maps = position_maps(images, masks, chunks_per_volume)
-    return SupportSet([torch.stack(x) for x in chunk_images], [torch.stack(x) for x in chunk_masks], lengths, maps)
+        prior_map = position_map(images, masks)
+    return SupportSet([torch.stack(x) for x in chunk_images], [torch.stack(x) for x in chunk_masks], lengths, prior_map)
 
 
 def estimate_z_range(
@@ -254,7 +253,7 @@ class FewShotSliceProtocol:
         added = self.statistics(network, context.query_features[index], added_bank)
         _, logits = merge_statistics(base, added)
         probabilities = torch.softmax(network.upsample(logits, context.output_size), dim=1)
-        return self._with_prior(probabilities, None if context.prior is None else context.prior[index])
+        return self._with_prior(probabilities, context.prior)
 
     def chunk_assignment(self, n_slices: int, z_range: tuple[int, int] | None) -> torch.Tensor:
         """(Z,) chunk index per query slice, -1 outside ``z_range``."""
@@ -285,7 +284,7 @@ class FewShotSliceProtocol:
             else:
                 probs[idx] = self.score(network, context.query_features[idx], bank, context.output_size)
             if context.prior is not None:
-                probs[idx] = self._with_prior(probs[idx], context.prior[idx])
+                probs[idx] = self._with_prior(probs[idx], context.prior)
         return probs
 
     @torch.no_grad()
@@ -318,6 +317,11 @@ class FewShotSliceProtocol:
         if use_prior and support.position is None:
             raise ValueError("spatial_prior > 0 needs a support set with position maps (position=True)")
         features = self.encode(network, query) if query_features is None else query_features
+        prior = None
+        if use_prior:
+            from fewshot_monai.inferers.prior import query_prior
+
+            prior = query_prior(support.position, query)
         banks = [
             network.build_bank(support_features=self.encode(network, img), support_masks=msk)
             for img, msk in zip(support.images, support.masks)
@@ -329,11 +333,7 @@ class FewShotSliceProtocol:
             all_images, all_masks = support.all_slices()
             first_bank = network.build_bank(support_features=self.encode(network, all_images), support_masks=all_masks)
             first = self.score(network, features, first_bank, output_size)
-            if use_prior:
-                from fewshot_monai.inferers.prior import query_prior
-
-                unassigned = torch.full((features.shape[0],), -1, dtype=torch.long)
-                first = self._with_prior(first, query_prior(support.position, query, unassigned))
+            first = self._with_prior(first, prior)
             prior = float(np.mean(support.organ_lengths)) / float(slice_spacing) if support.organ_lengths else None
             z_range = estimate_z_range(
                 (first[:, 1] > 0.5).cpu().numpy(),
@@ -353,9 +353,6 @@ class FewShotSliceProtocol:
             output_size=output_size,
             diagnostics=diagnostics,
         )
-        if use_prior:
-            from fewshot_monai.inferers.prior import query_prior
-
-            context.prior = query_prior(support.position, query, context.chunk_of_slice)
+        context.prior = prior
         context.probabilities = self.predict_chunks(network, context)
         return context
