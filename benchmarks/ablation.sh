@@ -14,7 +14,7 @@ declare -A VARIANT=(
   [prior05]="--inferer-option spatial_prior=0.5"
   [prior1]="--inferer-option spatial_prior=1"
   [prior2]="--inferer-option spatial_prior=2"
-  [chunks5]="--inferer-option n_chunks=5"
+  [chunks5]="--n-chunks 5"
   [adapt300]="--adapt-iterations 300"
   [adapt600]="--adapt-iterations 600"
   [adapt600early]="--adapt-iterations 600 --adapt-option freeze=early"

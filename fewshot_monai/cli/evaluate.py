@@ -110,6 +110,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--intensity", default=None, help="intensity preset override (ct, mri, preprocessed, none)")
     parser.add_argument("--limit-queries", type=int, default=None, help="only the first N queries of each fold")
     parser.add_argument("--spatial-size", type=int, default=256)
+    parser.add_argument("--n-chunks", type=int, default=3, help="chunks per organ extent (3 in SSL-ALPNet)")
     parser.add_argument("--registration-threads", type=int, default=2)
     parser.add_argument(
         "--registration-cache",
@@ -149,6 +150,7 @@ def config_from_args(args: argparse.Namespace):
         intensity=args.intensity,
         limit_queries=args.limit_queries,
         spatial_size=args.spatial_size,
+        n_chunks=args.n_chunks,
         inferer_options=_options(args.inferer_options, "--inferer-option"),
         adapt=_adaptation(args),
         adapt_cache=args.adapt_cache,

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The headline figures of README.md and docs/accuracy.md: 5 folds, 1-shot, setting 1, EP1 and EP2, with the
+# options chosen on fold 0 (docs/accuracy.md), the plain and joint predictions and the registration baseline
+# scored in the same runs. Each run's summary.json is copied to docs/results/<dataset>_<protocol>/ and the README
+# table is regenerated from those files (benchmarks/results_table.py).
+# Usage: benchmarks/accuracy_5fold.sh chaos|sabs [ep1] [ep2]
+# Needs runs/models_<dataset>/fold<k>_setting1.pt (benchmarks/train_fold_models.sh) and itk-elastix.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${SHARED_DATA:-../shared/data}"
+declare -A FOLDER=([chaos]=chaos_t2spir [sabs]=sabs_ct)
+dataset="$1"; shift
+protocols=("$@"); [ ${#protocols[@]} -eq 0 ] && protocols=(ep1 ep2)
+# the options chosen on fold 0 of each data set (docs/accuracy.md)
+CHOSEN=(--pseudo-label window --inferer-option spatial_prior=1 --adapt-iterations "${ADAPT_ITERATIONS:-300}")
+declare -A EP2_RANGE=([chaos]=network [sabs]=registration)
+for protocol in "${protocols[@]}"; do
+  out="runs/final_${dataset}_${protocol}"
+  extra=()
+  [ "$protocol" = "ep2" ] && extra+=(--z-range-from "${EP2_RANGE[$dataset]}")
+  fewshot-monai evaluate --data "$DATA/${FOLDER[$dataset]}" --dataset "$dataset" --protocol "$protocol" \
+    --setting 1 --folds 0,1,2,3,4 --shots 1 --model "runs/models_${dataset}" "${CHOSEN[@]}" "${extra[@]}" --joint \
+    --baseline registration --registration-cache "runs/regcache_${dataset}" --adapt-cache runs/adapt_cache \
+    --no-progress --out "$out"
+  mkdir -p "docs/results/${dataset}_${protocol}"
+  cp "$out/summary.json" "docs/results/${dataset}_${protocol}/summary.json"
+done
+python benchmarks/results_table.py --write
