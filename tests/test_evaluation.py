@@ -243,7 +243,7 @@ def test_ep2_run_never_reads_query_labels(phantom_dir, tmp_path):
     assert all(r["scored_first"] == "" for r in rows)  # EP2 scores the whole volume
 
 
-def test_cli_evaluate_and_bad_options(phantom_dir, tmp_path, capsys):
+def test_cli_evaluate_and_bad_options(phantom_dir, tmp_path, capsys, caplog):
     from fewshot_monai.cli.main import main
 
     out = tmp_path / "cli"
@@ -260,6 +260,17 @@ def test_cli_evaluate_and_bad_options(phantom_dir, tmp_path, capsys):
     missing = main(["evaluate", "--data", str(phantom_dir), "--dataset", "phantom", "--model", str(tmp_path),
                     "--out", str(tmp_path / "bad"), "--no-progress"])  # fmt: skip
     assert missing == 2  # no fold<k>_setting<s>.pt in that folder
+    assert summary["command"].startswith("fewshot-monai ") or summary["command"].endswith("--no-progress")
+    for args, message in (
+        (["--adapt-option", "lr=0.01"], "--adapt-option needs --adapt-iterations"),
+        (["--adapt-iterations", "5", "--adapt-option", "speed=9"], "unknown adaptation option(s) ['speed']"),
+        (["--adapt-iterations", "-1"], "--adapt-iterations must be >= 0"),
+    ):
+        caplog.clear()
+        code = main(["evaluate", "--data", str(phantom_dir), "--dataset", "phantom", *args,
+                     "--out", str(tmp_path / "bad_adapt"), "--no-progress"])  # fmt: skip
+        assert code == 2 and message in caplog.text, args
+    assert not (tmp_path / "bad_adapt" / "summary.json").exists()
 
 
 def test_generic_layout_needs_and_uses_a_label_map(phantom_dir, tmp_path):

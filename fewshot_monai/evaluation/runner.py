@@ -352,6 +352,14 @@ class _EvaluationRun:
             make_inferer(self.protocol, cfg.n_chunks, cfg.spatial_size, cfg.batch_size, None, **cfg.inferer_options)
         except TypeError as err:
             raise ValueError(f"bad inferer option(s) {sorted(cfg.inferer_options)}: {err}") from err
+        from fewshot_monai.engines.adaptation import SupportAdaptation
+
+        self.adaptation = SupportAdaptation.from_dict(cfg.adapt) if cfg.adapt else None
+        if self.adaptation is not None and self.adaptation.spatial_size is None:
+            self.adaptation = dataclasses.replace(self.adaptation, spatial_size=int(cfg.spatial_size))
+        if self.adaptation is not None and self.adaptation.iterations == 0:
+            self.adaptation = None
+        self.adapted: dict[int, dict] = {}
         self.data = _load_dataset(cfg)
         self.organs = list(cfg.organs) if cfg.organs else list(self.data.label_map)
         unknown = [o for o in self.organs if o not in self.data.label_map]
@@ -362,14 +370,6 @@ class _EvaluationRun:
         bad = [k for k in self.indices if not 0 <= k < len(self.all_folds)]
         if bad:
             raise ValueError(f"fold index(es) {bad} out of range 0..{len(self.all_folds) - 1}")
-        from fewshot_monai.engines.adaptation import SupportAdaptation
-
-        self.adaptation = SupportAdaptation.from_dict(cfg.adapt) if cfg.adapt else None
-        if self.adaptation is not None and self.adaptation.spatial_size is None:
-            self.adaptation = dataclasses.replace(self.adaptation, spatial_size=int(cfg.spatial_size))
-        if self.adaptation is not None and self.adaptation.iterations == 0:
-            self.adaptation = None
-        self.adapted: dict[int, dict] = {}
         self.models = _Models(cfg, self.data.modality)
         self.models.check(self.indices)
         self.out = Path(cfg.out)
