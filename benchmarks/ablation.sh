@@ -15,6 +15,7 @@ declare -A VARIANT=(
   [prior1]="--inferer-option spatial_prior=1"
   [prior2]="--inferer-option spatial_prior=2"
   [chunks5]="--n-chunks 5"
+  [guard]="--inferer-option min_agreement=0.5"
   [adapt300]="--adapt-iterations 300"
   [adapt600]="--adapt-iterations 600"
   [adapt600early]="--adapt-iterations 600 --adapt-option freeze=early"

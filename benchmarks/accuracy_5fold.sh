@@ -12,7 +12,7 @@ declare -A FOLDER=([chaos]=chaos_t2spir [sabs]=sabs_ct)
 dataset="$1"; shift
 protocols=("$@"); [ ${#protocols[@]} -eq 0 ] && protocols=(ep1 ep2)
 # the options chosen on fold 0 of each data set (docs/accuracy.md)
-CHOSEN=(--pseudo-label window --inferer-option spatial_prior=1 --adapt-iterations "${ADAPT_ITERATIONS:-300}")
+CHOSEN=(--pseudo-label window --adapt-iterations "${ADAPT_ITERATIONS:-300}")
 declare -A EP2_RANGE=([chaos]=network [sabs]=registration)
 for protocol in "${protocols[@]}"; do
   out="runs/final_${dataset}_${protocol}"

@@ -126,3 +126,34 @@ def test_refinement_stage_receives_cached_features(net):
     inferer(image[None], net, support_images=image, support_masks=label, query_z_range=(5, 14))
     assert seen["features"][0] == 20
     assert seen["chunks"] == [-1] * 5 + [0] * 4 + [1] * 3 + [2] * 3 + [-1] * 5
+
+
+def test_a_refinement_that_moves_the_organ_steps_aside(net):
+    image, label = _blob_volume()
+
+    def relocate(network, protocol, context):  # a stage that followed wrong pseudo-labels: the organ moves away
+        moved = context.probabilities.clone()
+        moved[:, 1] = torch.roll(context.probabilities[:, 1], shifts=32, dims=-1)
+        moved[:, 0] = 1.0 - moved[:, 1]
+        return moved
+
+    def nudge(network, protocol, context):  # a small, plausible change
+        out = context.probabilities.clone()
+        out[:, 1] = (out[:, 1] * 1.05).clamp(max=1.0)
+        out[:, 0] = 1.0 - out[:, 1]
+        return out
+
+    plain = FewShotVolumeInferer(z_range="given", spatial_size=64)
+    kwargs = {"support_images": image, "support_masks": label, "query_z_range": (5, 14)}
+    reference = plain(image[None], net, **kwargs)
+    guarded = FewShotVolumeInferer(z_range="given", spatial_size=64, refinement=relocate, min_agreement=0.5)
+    assert torch.equal(torch.as_tensor(guarded(image[None], net, **kwargs)), torch.as_tensor(reference))
+    report = guarded.last_contexts[0].diagnostics["refinement"]
+    assert report["accepted"] is False and report["agreement"] < 0.5
+    unguarded = FewShotVolumeInferer(z_range="given", spatial_size=64, refinement=relocate, min_agreement=0.0)
+    assert not torch.equal(torch.as_tensor(unguarded(image[None], net, **kwargs)), torch.as_tensor(reference))
+    accepted = FewShotVolumeInferer(z_range="given", spatial_size=64, refinement=nudge, min_agreement=0.5)
+    accepted(image[None], net, **kwargs)
+    assert accepted.last_contexts[0].diagnostics["refinement"]["accepted"] is True
+    with pytest.raises(ValueError, match="min_agreement"):
+        FewShotVolumeInferer(min_agreement=1.5)

@@ -50,6 +50,8 @@ def pseudo_label_record(context, truth: torch.Tensor, spatial_size: int) -> dict
         "pl_confidence": diag.get("mean_confidence"),
         "pl_dice": pseudo_label_dice(slices, truth, spatial_size),
         "pl_seconds": float(diag.get("seconds") or 0.0),
+        "pl_agreement": context.diagnostics.get("refinement", {}).get("agreement"),
+        "pl_accepted": context.diagnostics.get("refinement", {}).get("accepted"),
     }
 
 
@@ -80,6 +82,7 @@ def pseudo_label_summary(rows: Sequence[Mapping], refined: Mapping, plain: Mappi
             "confidence_mean": _mean(r.get("pl_confidence") for r in sel),
             "pseudo_label_dice_mean": _mean(r.get("pl_dice") for r in sel),
             "cases_without_transfer": sum(1 for r in sel if not r.get("pl_slices")),
+            "cases_stepped_aside": sum(1 for r in sel if r.get("pl_accepted") is False),
         }
     stage_seconds = sum(float(r.get("pl_seconds") or 0.0) for r in rows)
     plain_seconds = sum(float(r["seconds"]) for r in rows) - stage_seconds

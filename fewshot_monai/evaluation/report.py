@@ -58,6 +58,8 @@ CSV_COLUMNS = [
     "pl_confidence",
     "pl_dice",
     "pl_seconds",
+    "pl_agreement",
+    "pl_accepted",
 ]
 
 _ORGANS4 = ("liver", "spleen", "left_kidney", "right_kidney")

@@ -83,6 +83,9 @@ class FewShotVolumeInferer(Inferer):
         peak_fraction, prior_weight: how the organ range is estimated (``z_range="estimate"``), see
             :func:`~fewshot_monai.inferers.protocol.estimate_z_range`; the prior length is the support organ's
             length in mm over the query's slice spacing.
+        min_agreement: the refinement stage steps aside when its prediction overlaps the plain one with a Dice
+            below this (the plain prediction is kept, and ``context.diagnostics["refinement"]`` says so): a stage
+            that moves the organ somewhere else has followed wrong pseudo-labels. 0 (default) disables the check.
         spatial_prior: weight of the support organ's in-plane position prior (body-relative, per chunk;
             :mod:`fewshot_monai.inferers.prior`) on the foreground probabilities; 0 (default): none.
 
@@ -108,6 +111,7 @@ class FewShotVolumeInferer(Inferer):
         peak_fraction: float | None = 0.5,
         prior_weight: float = 0.5,
         spatial_prior: float = 0.0,
+        min_agreement: float = 0.0,
     ) -> None:
         if z_range not in ("estimate", "given"):
             raise ValueError(f"z_range must be 'estimate' or 'given', got {z_range!r}")
@@ -122,6 +126,9 @@ class FewShotVolumeInferer(Inferer):
         self.spatial_size = spatial_size
         self.refinement = refinement
         self.largest_component = bool(largest_component)
+        if not 0.0 <= float(min_agreement) <= 1.0:
+            raise ValueError(f"min_agreement must be in [0, 1], got {min_agreement}")
+        self.min_agreement = float(min_agreement)
         self.last_contexts: list[FewShotContext] = []
 
     def support_set(self, support_images, support_masks):
@@ -166,11 +173,21 @@ class FewShotVolumeInferer(Inferer):
             context.probabilities = keep_largest_component(context.probabilities)
         probabilities = context.probabilities
         if self.refinement is not None:
-            probabilities = self.refinement(network, self.protocol, context)
+            refined = self.refinement(network, self.protocol, context)
             if self.largest_component:
-                probabilities = keep_largest_component(probabilities)
+                refined = keep_largest_component(refined)
+            probabilities = self._accept_refinement(refined, context)
         volume = slices_to_volume(probabilities, query, mode="bilinear")
         return volume, context
+
+    def _accept_refinement(self, refined: torch.Tensor, context: FewShotContext) -> torch.Tensor:
+        """The refined probabilities, or the plain ones when the two foregrounds agree less than ``min_agreement``."""
+        plain_fg, refined_fg = context.probabilities[:, 1] > 0.5, refined[:, 1] > 0.5
+        total = int(plain_fg.sum()) + int(refined_fg.sum())
+        agreement = 1.0 if total == 0 else 2.0 * int((plain_fg & refined_fg).sum()) / total
+        kept = agreement >= self.min_agreement
+        context.diagnostics["refinement"] = {"agreement": agreement, "accepted": kept}
+        return refined if kept else context.probabilities
 
     def __call__(
         self,
