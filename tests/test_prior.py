@@ -54,3 +54,23 @@ def test_apply_prior_only_lowers_the_foreground():
     half = apply_prior(probs, torch.full((1, 1), 0.5), 1.0)
     assert torch.all(half[:, 1] < probs[:, 1]) and torch.allclose(half.sum(dim=1), torch.ones(3, 1, 1))
     assert apply_prior(probs, zeros, 0.0) is probs  # weight 0: off
+
+
+@pytest.mark.parametrize("z_range", ["given", "estimate"])
+def test_the_inferer_applies_the_prior_in_both_protocols(z_range):
+    from fewshot_monai.inferers import FewShotVolumeInferer
+    from fewshot_monai.networks import ALPNet
+    from tests.synthetic import blob_volume
+
+    torch.manual_seed(0)
+    net = ALPNet(pretrained=True).eval()
+    image, label = blob_volume(shape=(64, 64, 20))
+    kwargs = {"support_images": image, "support_masks": label}
+    if z_range == "given":
+        kwargs["query_z_range"] = (5, 14)
+    plain = FewShotVolumeInferer(z_range=z_range, spatial_size=64)
+    with_prior = FewShotVolumeInferer(z_range=z_range, spatial_size=64, spatial_prior=1.0)
+    p0 = torch.as_tensor(plain(image[None], net, **kwargs))
+    p1 = torch.as_tensor(with_prior(image[None], net, **kwargs))
+    assert p1.shape == p0.shape and with_prior.last_contexts[0].prior.shape == (64, 64)
+    assert float(p1[:, 1].sum()) <= float(p0[:, 1].sum()) + 1e-3  # the prior only ever lowers the foreground

@@ -317,11 +317,11 @@ class FewShotSliceProtocol:
         if use_prior and support.position is None:
             raise ValueError("spatial_prior > 0 needs a support set with position maps (position=True)")
         features = self.encode(network, query) if query_features is None else query_features
-        prior = None
+        position_prior = None
         if use_prior:
             from fewshot_monai.inferers.prior import query_prior
 
-            prior = query_prior(support.position, query)
+            position_prior = query_prior(support.position, query)
         banks = [
             network.build_bank(support_features=self.encode(network, img), support_masks=msk)
             for img, msk in zip(support.images, support.masks)
@@ -333,7 +333,7 @@ class FewShotSliceProtocol:
             all_images, all_masks = support.all_slices()
             first_bank = network.build_bank(support_features=self.encode(network, all_images), support_masks=all_masks)
             first = self.score(network, features, first_bank, output_size)
-            first = self._with_prior(first, prior)
+            first = self._with_prior(first, position_prior)
             prior = float(np.mean(support.organ_lengths)) / float(slice_spacing) if support.organ_lengths else None
             z_range = estimate_z_range(
                 (first[:, 1] > 0.5).cpu().numpy(),
@@ -353,6 +353,6 @@ class FewShotSliceProtocol:
             output_size=output_size,
             diagnostics=diagnostics,
         )
-        context.prior = prior
+        context.prior = position_prior
         context.probabilities = self.predict_chunks(network, context)
         return context
