@@ -41,7 +41,8 @@ def table(results: Path = RESULTS) -> str:
     for title, folder, target in ROWS:
         path = results / folder / "summary.json"
         if not path.is_file():
-            lines.append(f"| {title} | not measured | | | | | | {target or ''} |")
+            lines.append(f"| {title} | not measured with this method yet (fold 0: docs/accuracy.md) | | | | | | "
+                         f"{'' if target is None else f'{target:.2f}'} |")  # fmt: skip
             continue
         s = json.loads(path.read_text())
         reg = s.get("baseline", {}).get("registration")
