@@ -16,6 +16,7 @@ declare -A VARIANT=(
   [prior2]="--inferer-option spatial_prior=2"
   [chunks5]="--n-chunks 5"
   [guard]="--inferer-option min_agreement=0.5"
+  [regrange]="--z-range-from registration --registration-cache runs/regcache_${dataset}"
   [adapt300]="--adapt-iterations 300"
   [adapt600]="--adapt-iterations 600"
   [adapt600early]="--adapt-iterations 600 --adapt-option freeze=early"
