@@ -378,6 +378,26 @@ def _plain(x) -> torch.Tensor:
     return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
+def _augmented_view(transform: Compose, image: torch.Tensor, mask: torch.Tensor, seed: int):
+    """One augmented ``(image, binary mask)`` view of a ``(1, S, S)`` slice and mask, a pure function of ``seed``."""
+    transform.set_random_state(seed=seed)
+    out = transform({"image": image.clone(), "label": mask.clone()})
+    return _plain(out["image"]).float(), (_plain(out["label"]) > 0.5).float()
+
+
+def _episode_item(views, channels: int, **fields) -> dict:
+    """An episode dict from the ``[(support image, mask), (query image, mask)]`` views (grey slices tiled to
+    ``channels``) plus the identifying ``fields``."""
+    (s_img, s_mask), (q_img, q_mask) = views
+    return {
+        "support_image": s_img.expand(channels, -1, -1).contiguous(),
+        "support_mask": s_mask,
+        "query_image": q_img.expand(channels, -1, -1).contiguous(),
+        "query_mask": q_mask,
+        **fields,
+    }
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     """Run small 2D tensor work on ``n`` intra-op threads (multi-threading them is slower, and under CPU
@@ -522,9 +542,7 @@ class SuperpixelEpisodeDataset(Dataset):
         }
 
     def _view(self, image: torch.Tensor, mask: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self.transform.set_random_state(seed=seed)
-        out = self.transform({"image": image.clone(), "label": mask.clone()})
-        return _plain(out["image"]).float(), (_plain(out["label"]) > 0.5).float()
+        return _augmented_view(self.transform, image, mask, seed)
 
     def _ok(self, mask: torch.Tensor) -> bool:
         fg = int(mask.sum())
@@ -553,17 +571,7 @@ class SuperpixelEpisodeDataset(Dataset):
             else:
                 view = (image.clone(), mask.clone())
             views.append(view)
-        (s_img, s_mask), (q_img, q_mask) = views
-        return {
-            "support_image": s_img.expand(self.channels, -1, -1).contiguous(),
-            "support_mask": s_mask,
-            "query_image": q_img.expand(self.channels, -1, -1).contiguous(),
-            "query_mask": q_mask,
-            "index": index,
-            "volume": self.volume_ids[v],
-            "slice": z,
-            "superpixel": sp_id,
-        }
+        return _episode_item(views, self.channels, index=index, volume=self.volume_ids[v], slice=z, superpixel=sp_id)
 
 
 class SupportEpisodeDataset(Dataset):
@@ -681,25 +689,12 @@ class SupportEpisodeDataset(Dataset):
         for slice_z in (z, zq):
             image = self.images[v][slice_z]
             mask = (self.labels[v][slice_z] == organ).float()[None]
-            self.transform.set_random_state(seed=int(rng.integers(2**31)))
-            out = self.transform({"image": image.clone(), "label": mask.clone()})
-            view_mask = (_plain(out["label"]) > 0.5).float()
-            if not bool(view_mask.any()):  # augmentation pushed the organ out: keep the slice as it is
-                views.append((image.clone(), mask))
-            else:
-                views.append((_plain(out["image"]).float(), view_mask))
-        (s_img, s_mask), (q_img, q_mask) = views
-        return {
-            "support_image": s_img.expand(self.channels, -1, -1).contiguous(),
-            "support_mask": s_mask,
-            "query_image": q_img.expand(self.channels, -1, -1).contiguous(),
-            "query_mask": q_mask,
-            "index": index,
-            "volume": self.volume_ids[v],
-            "slice": z,
-            "query_slice": zq,
-            "organ": organ,
-        }
+            view = _augmented_view(self.transform, image, mask, int(rng.integers(2**31)))
+            # augmentation pushed the organ out of the view: keep the slice as it is
+            views.append(view if bool(view[1].any()) else (image.clone(), mask))
+        return _episode_item(
+            views, self.channels, index=index, volume=self.volume_ids[v], slice=z, query_slice=zq, organ=organ
+        )
 
 
 class _CountFrom(Sampler):
