@@ -410,7 +410,26 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-class SuperpixelEpisodeDataset(Dataset):
+class _EpisodeDataset(Dataset):
+    """Map-style episodes: ``dataset[i]`` is ``self._episode(i)``, made on one torch thread."""
+
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if index < 0:
+            raise IndexError(f"episode index must be non-negative, got {index}")
+        with _torch_threads(1):
+            return self._episode(index)
+
+    def _episode(self, index: int) -> dict:
+        raise NotImplementedError
+
+
+class SuperpixelEpisodeDataset(_EpisodeDataset):
     """
     Map-style dataset of self-supervised episodes: ``dataset[i]`` is episode ``i``, a pure function of
     ``(seed, i)``.
@@ -529,9 +548,6 @@ class SuperpixelEpisodeDataset(Dataset):
                 self.slices.append((v, int(z)))
                 self.candidates.append(usable)
 
-    def __len__(self) -> int:
-        return self.length
-
     def describe(self) -> dict:
         """Counts for logs: volumes, eligible slices, excluded slices, usable superpixels."""
         return {
@@ -547,13 +563,6 @@ class SuperpixelEpisodeDataset(Dataset):
     def _ok(self, mask: torch.Tensor) -> bool:
         fg = int(mask.sum())
         return fg >= max(1, self.min_superpixel_size // 4) and fg < mask.numel()
-
-    def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        if index < 0:
-            raise IndexError(f"episode index must be non-negative, got {index}")
-        with _torch_threads(1):
-            return self._episode(index)
 
     def _episode(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, index])
@@ -574,7 +583,7 @@ class SuperpixelEpisodeDataset(Dataset):
         return _episode_item(views, self.channels, index=index, volume=self.volume_ids[v], slice=z, superpixel=sp_id)
 
 
-class SupportEpisodeDataset(Dataset):
+class SupportEpisodeDataset(_EpisodeDataset):
     """
     Map-style dataset of *labelled* episodes cut from support volumes, for adapting a network to its support
     (:func:`fewshot_monai.engines.adaptation.adapt_to_support`); ``dataset[i]`` is a pure function of ``(seed, i)``.
@@ -661,9 +670,6 @@ class SupportEpisodeDataset(Dataset):
                 ", ".join(self.volume_ids), f"no slice shows any of the organs {list(organ_ids)} in the support"
             )
 
-    def __len__(self) -> int:
-        return self.length
-
     def describe(self) -> dict:
         """Counts for logs: volumes, (volume, organ) pairs and usable slices."""
         return {
@@ -671,13 +677,6 @@ class SupportEpisodeDataset(Dataset):
             "organs": len(self.organs),
             "usable_slices": int(sum(u.size for _, _, u, _ in self.organs)),
         }
-
-    def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        if index < 0:
-            raise IndexError(f"episode index must be non-negative, got {index}")
-        with _torch_threads(1):
-            return self._episode(index)
 
     def _episode(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, index])
