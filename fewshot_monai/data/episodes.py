@@ -636,12 +636,10 @@ class SupportEpisodeDataset(_EpisodeDataset):
             raise ValueError("no organ ids given")
         if not 0.0 <= float(max_offset) <= 1.0:
             raise ValueError(f"max_offset must be in [0, 1], got {max_offset}")
-        self.spatial_size, self.seed, self.channels, self.length = (
-            int(spatial_size),
-            int(seed),
-            int(channels),
-            int(length),
-        )
+        self.spatial_size = int(spatial_size)
+        self.seed = int(seed)
+        self.channels = int(channels)
+        self.length = int(length)
         self.max_offset = float(max_offset)
         self.min_pixels = max(1, int(round(min_pixels * self.spatial_size**2 / _REFERENCE_SIZE**2)))
         if not isinstance(augmentation, EpisodeAugmentation):

@@ -86,7 +86,7 @@ class FewShotVolumeInferer(Inferer):
         min_agreement: the refinement stage steps aside when its prediction overlaps the plain one with a Dice
             below this (the plain prediction is kept, and ``context.diagnostics["refinement"]`` says so): a stage
             that moves the organ somewhere else has followed wrong pseudo-labels. 0 (default) disables the check.
-        spatial_prior: weight of the support organ's in-plane position prior (body-relative, per chunk;
+        spatial_prior: weight of the support organ's in-plane position prior (body-relative, pooled over its slices;
             :mod:`fewshot_monai.inferers.prior`) on the foreground probabilities; 0 (default): none.
 
     Call:

@@ -102,7 +102,7 @@ def support_set_from_stacks(
         n_chunks: number of chunks C.
         sources: names of the support volumes, for error messages.
         spacings: slice spacing of each support volume (mm), for the organ lengths (default 1: in slices).
-        position: also compute the organ's position maps (for the protocol's ``spatial_prior``).
+        position: also compute the organ's position map (for the protocol's ``spatial_prior``).
     """
     if len(images) != len(masks) or not images:
         raise ValueError(f"need as many support masks as images and at least one, got {len(images)} and {len(masks)}")
@@ -315,7 +315,7 @@ class FewShotSliceProtocol:
         output_size = tuple(query.shape[-2:])
         use_prior = self.spatial_prior > 0
         if use_prior and support.position is None:
-            raise ValueError("spatial_prior > 0 needs a support set with position maps (position=True)")
+            raise ValueError("spatial_prior > 0 needs a support set with a position map (position=True)")
         features = self.encode(network, query) if query_features is None else query_features
         position_prior = None
         if use_prior:
