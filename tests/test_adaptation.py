@@ -136,3 +136,22 @@ def test_evaluation_adapts_once_per_fold_and_reports_the_cost(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
     assert adapted["dice"] != plain["dice"]
     assert np.isfinite(adapted["dice_mean"])
+
+
+def test_a_support_that_cannot_be_adapted_to_skips_its_fold_and_the_run_goes_on(tmp_path, monkeypatch):
+    import fewshot_monai.engines.adaptation as adaptation
+    from fewshot_monai.data.phantoms import make_phantom_dataset
+    from fewshot_monai.evaluation.runner import run_evaluation
+
+    def refuse(network, images, labels, organ_ids, *args, **kwargs):
+        raise EmptyMaskError("support.nii.gz", "no slice shows any of the organs [1] in the support")
+
+    monkeypatch.setattr(adaptation, "adapt_to_support", refuse)
+    root = tmp_path / "data"
+    make_phantom_dataset(root, n=3, modality="mri", shape=(48, 48, 12), spacing=(7.2, 7.2, 23.0))
+    summary = run_evaluation({"data": str(root), "dataset": "phantom", "n_folds": 3, "spatial_size": 48,
+                              "progress": False, "overlays": False, "folds": [0, 1], "organs": ["liver"],
+                              "adapt": {"iterations": 2}, "out": str(tmp_path / "out")})  # fmt: skip
+    assert {s["fold"] for s in summary["skipped"]} == {0, 1}
+    assert all("support adaptation failed: support.nii.gz" in s["reason"] for s in summary["skipped"])
+    assert (tmp_path / "out" / "summary.json").is_file()

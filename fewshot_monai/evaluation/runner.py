@@ -419,7 +419,12 @@ class _EvaluationRun:
         cfg = self.cfg
         network = model.network
         if self.adaptation is not None and support_masks:
-            network = self.adapt(fold, network, supports, [self.data.label_map[o] for o in support_masks])
+            try:
+                network = self.adapt(fold, network, supports, [self.data.label_map[o] for o in support_masks])
+            except InputError as err:  # e.g. no support slice shows the organs large enough to learn from
+                for scan in fold.query_ids:
+                    self.skip("all", fold.index, scan, None, f"support adaptation failed: {err}")
+                return
         inferer = make_inferer(
             self.protocol, cfg.n_chunks, cfg.spatial_size, cfg.batch_size, self.refinement, **cfg.inferer_options
         )
