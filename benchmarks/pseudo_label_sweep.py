@@ -25,8 +25,9 @@ import torch
 from fewshot_monai.data.datasets import datalist, get_descriptor
 from fewshot_monai.data.io import load_case
 from fewshot_monai.evaluation.folds import folds
-from fewshot_monai.evaluation.protocols import get_protocol, make_inferer, predict_organ
+from fewshot_monai.evaluation.protocols import get_protocol
 from fewshot_monai.evaluation.runner import resolve_checkpoint
+from fewshot_monai.inferers import FewShotSegmenter, keep_largest_component
 from fewshot_monai.pseudolabel import SliceSelection, SupportExpansion, WindowSelection, pixel_confidence
 from fewshot_monai.pseudolabel.confidence import region_confidence
 from fewshot_monai.transforms.labels import organ_z_extent
@@ -48,32 +49,33 @@ def collect(args, fold_index: int):
     weights = resolve_checkpoint(args.model, fold_index, 1)
     model = load_model(None if weights is None else str(weights), descriptor.modality).network
     protocol = get_protocol(args.protocol)
-    inferer = make_inferer(protocol)
 
     def case(i):
         return load_case(by_id[i]["image"], by_id[i]["label"], intensity=descriptor.intensity, case_id=i)
 
     supports = [case(s) for s in fold.support_ids]
+    organs = {o: lid for o, lid in descriptor.label_map.items() if all((s["label"] == lid).any() for s in supports)}
+    # the segmenter prepares the support; its protocol gives the plain contexts the stages are swept on
+    segmenter = FewShotSegmenter(model, [s["image"] for s in supports], [s["label"] for s in supports], organs)
     cached = []
     for scan in fold.query_ids:
         query = case(scan)
-        features = None
-        for organ, lid in descriptor.label_map.items():
+        stack = volume_to_slices(query["image"], 256, 3, "bilinear").float()
+        features = segmenter.protocol.encode(model, stack)
+        for organ, lid in organs.items():
             truth = (query["label"] == lid).float()
-            masks = [(s["label"] == lid).float() for s in supports]
-            if not truth.any() or not all(m.any() for m in masks):
+            if not truth.any():
                 continue
             start = time.perf_counter()
-            predict_organ(protocol, inferer, model, query["image"], [s["image"] for s in supports], masks,
-                          query_mask=lambda t=truth: t, query_features=features)
-            context = inferer.last_contexts[0]
-            features = context.query_features
-            stack = volume_to_slices(truth, 256, 1, "nearest")[:, 0] > 0.5
-            scored = organ_z_extent(truth) if protocol.uses_query_range else (0, stack.shape[0] - 1)
+            z_range = organ_z_extent(truth) if protocol.uses_query_range else "estimate"
+            context = segmenter.protocol(model, stack, segmenter.supports[organ], z_range, query_features=features)
+            context.probabilities = keep_largest_component(context.probabilities)
+            stack_truth = volume_to_slices(truth, 256, 1, "nearest")[:, 0] > 0.5
+            scored = organ_z_extent(truth) if protocol.uses_query_range else (0, stack_truth.shape[0] - 1)
             cached.append({"fold": fold_index, "scan": scan, "organ": organ, "model": model, "context": context,
-                           "truth": stack, "scored": scored, "seconds": time.perf_counter() - start})
+                           "truth": stack_truth, "scored": scored, "seconds": time.perf_counter() - start})
             print(f"cached scan {scan} {organ}", flush=True)
-    return inferer.protocol, cached
+    return segmenter.protocol, cached
 
 
 def evaluate(protocol, cached, stage) -> dict:

@@ -115,20 +115,20 @@ def test_bank_path_equals_forward(net):
     assert net.score(feats, bank).shape == (2, 2, 16, 16)
 
 
-def test_pseudo_prototypes_weight_zero_and_windowed(net, episode):
+def test_pseudo_prototypes_weight_zero_and_one(net, episode):
+    from fewshot_monai.networks.prototypes import downsample_masks, masked_average_prototype
+
     x, lab, xq, labq = episode
     with torch.no_grad():
         feats = net.encode(xq)
         bank = net.build_bank(x, (lab == 2).float())
         ref = net.score(feats, bank, (256, 256))
-        pseudo = ref.argmax(1, keepdim=True).float()
-        assert bank.add(feats, pseudo, weight=0.0, tag="pseudo") > 0
-        assert torch.equal(net.score(feats, bank, (256, 256)), ref)
-        n = len(bank)
-        grid = (32 // bank.window, 32 // bank.window)
-        assert bank.add(feats, pseudo, valid_windows=torch.zeros(1, *grid, dtype=torch.bool), tag="win") == 0
-        assert len(bank) == n and torch.equal(net.score(feats, bank, (256, 256)), ref)
-        bank.set_weight("pseudo", 1.0)
+        pseudo = downsample_masks(ref.argmax(1, keepdim=True).float(), feats.shape[-2:])
+        fg, bg = masked_average_prototype(feats, pseudo), masked_average_prototype(feats, 1.0 - pseudo)
+        silent = bank.copy()
+        assert silent.add_prototypes(fg, bg, weight=0.0, tag="pseudo") == 2
+        assert torch.equal(net.score(feats, silent, (256, 256)), ref)
+        bank.add_prototypes(fg, bg, weight=1.0, tag="pseudo")
         refined = net.score(feats, bank, (256, 256)).argmax(1, keepdim=True)
     assert dice(refined, labq == 2) > 0.9
 

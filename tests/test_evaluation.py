@@ -18,8 +18,9 @@ from fewshot_monai.evaluation.metrics import (
     segmentation_metrics,
     spacing_from_affine,
 )
-from fewshot_monai.evaluation.protocols import get_protocol, make_inferer, predict_organ
-from fewshot_monai.pseudolabel import available_refinements, get_refinement, register_refinement
+from fewshot_monai.evaluation.protocols import get_protocol, segment_query
+from fewshot_monai.inferers import FewShotSegmenter
+from fewshot_monai.pseudolabel import available_pseudo_labels, get_pseudo_label, register_pseudo_label
 
 from .synthetic import blob_volume
 
@@ -95,16 +96,14 @@ def test_ep2_never_reads_the_query_label(net):
     support_img, support_lbl = blob_volume(seed=0)
     query_img, query_lbl = blob_volume(centre=(46, 48), radii=(20, 17), z=(7, 16), seed=1)
     ep2 = get_protocol("ep2")
-    inferer = make_inferer(ep2, spatial_size=96)
-    pred_raising, used, _ = predict_organ(ep2, inferer, net, query_img, [support_img], [support_lbl], _raising_label)
-    pred_zeros, used_zeros, _ = predict_organ(
-        ep2, inferer, net, query_img, [support_img], [support_lbl], lambda: torch.zeros_like(query_lbl)
-    )
-    pred_none, _, _ = predict_organ(ep2, inferer, net, query_img, [support_img], [support_lbl], None)
-    assert np.array_equal(pred_raising, pred_zeros) and np.array_equal(pred_raising, pred_none)
-    assert used == used_zeros and used is not None
-    assert dice_score(pred_raising, query_lbl[0] > 0) > 0.7  # it did find the organ on its own
+    segmenter = FewShotSegmenter(net, [support_img], [support_lbl], {"blob": 1}, spatial_size=96)
+    raising = segment_query(ep2, segmenter, query_img, {"blob": _raising_label}).organs["blob"]
+    zeros = segment_query(ep2, segmenter, query_img, {"blob": lambda: torch.zeros_like(query_lbl)}).organs["blob"]
+    assert np.array_equal(raising.mask, zeros.mask) and raising.z_range == zeros.z_range is not None
+    assert dice_score(raising.mask, query_lbl[0] > 0) > 0.7  # it did find the organ on its own
     assert ep2.scored_range(query_lbl) is None  # whole volume scored
+    hinted = segment_query(ep2, segmenter, query_img, {"blob": _raising_label}, z_range_hints={"blob": (8, 15)})
+    assert hinted.organs["blob"].z_range == (8, 15)  # a range found by other means (registration) is used
 
 
 def test_ep1_uses_the_query_range_and_scores_only_it(net):
@@ -117,30 +116,28 @@ def test_ep1_uses_the_query_range_and_scores_only_it(net):
         calls.append(1)
         return query_lbl
 
-    inferer = make_inferer(ep1, spatial_size=96)
-    pred, used, probability = predict_organ(ep1, inferer, net, query_img, [support_img], [support_lbl], label)
-    assert np.array_equal(pred, (probability > 0.5).numpy())
-    assert calls and used == (7, 16) and ep1.scored_range(query_lbl) == (7, 16)
-    assert not pred[..., :7].any() and not pred[..., 17:].any()
-    # reusing the query's cached features (as the runner does for its next organs) changes nothing
-    features = inferer.last_contexts[0].query_features
-    again, _, _ = predict_organ(ep1, inferer, net, query_img, [support_img], [support_lbl], label, features)
-    assert np.array_equal(pred, again) and inferer.last_contexts[0].query_features is features
-    with pytest.raises(ValueError, match="needs the query organ mask"):
-        predict_organ(ep1, make_inferer(ep1), net, query_img, [support_img], [support_lbl], None)
+    segmenter = FewShotSegmenter(net, [support_img], [support_lbl], {"blob": 1}, spatial_size=96)
+    result = segment_query(ep1, segmenter, query_img, {"blob": label})
+    organ = result.organs["blob"]
+    assert np.array_equal(organ.mask, (organ.probability > 0.5).numpy())
+    assert calls and organ.z_range == (7, 16) and ep1.scored_range(query_lbl) == (7, 16)
+    assert not organ.mask[..., :7].any() and not organ.mask[..., 17:].any()
+    # the support is prepared once: a second query costs no support encoding and gives the same answer
+    again = segment_query(ep1, segmenter, query_img, {"blob": label}).organs["blob"]
+    assert np.array_equal(organ.mask, again.mask)
     with pytest.raises(ValueError, match="ep1, ep2"):
         get_protocol("ep3")
 
 
-def test_refinement_registry():
-    assert "none" in available_refinements() and get_refinement("none") is None and get_refinement(None) is None
+def test_pseudo_label_registry():
+    assert "none" in available_pseudo_labels() and get_pseudo_label("none") is None and get_pseudo_label(None) is None
     with pytest.raises(ValueError, match="valid names: .*none"):
-        get_refinement("magic")
+        get_pseudo_label("magic")
     stage = object()
-    register_refinement("test_identity_stage", lambda **kw: stage)
-    assert get_refinement("test_identity_stage") is stage
+    register_pseudo_label("test_identity_stage", lambda **kw: stage)
+    assert get_pseudo_label("test_identity_stage") is stage
     with pytest.raises(ValueError, match="already registered"):
-        register_refinement("test_identity_stage", lambda **kw: None)
+        register_pseudo_label("test_identity_stage", lambda **kw: None)
 
 
 # ------------------------------------------------------------------------------------------------ end to end

@@ -8,8 +8,14 @@ import torch
 
 from fewshot_monai.errors import EmptyMaskError
 from fewshot_monai.evaluation.metrics import dice_score
-from fewshot_monai.inferers import FewShotSliceProtocol, FewShotVolumeInferer, estimate_z_range, support_set_from_stacks
-from fewshot_monai.inferers.fewshot_inferer import keep_largest_component
+from fewshot_monai.inferers import (
+    FewShotSegmenter,
+    FewShotSliceProtocol,
+    FewShotVolumeInferer,
+    estimate_z_range,
+    support_set_from_stacks,
+)
+from fewshot_monai.inferers.segmenter import keep_largest_component
 from fewshot_monai.networks import ALPNet
 
 from .synthetic import blob_volume as _blob_volume
@@ -60,11 +66,9 @@ def test_range_prior_comes_from_the_support_organ_length_in_mm(net):
     query_img, _ = _blob_volume(centre=(46, 48), radii=(20, 17), z=(7, 16), seed=1)
     thick = query_img.clone()
     thick.affine = torch.diag(torch.tensor([1.5, 1.5, 2.5, 1.0], dtype=torch.float64))  # same voxels, 2.5 mm slices
-    inferer = FewShotVolumeInferer(n_chunks=3, z_range="estimate", spatial_size=64)
-    inferer(query_img[None], net, support_images=[support_img], support_masks=[support_lbl])
-    assert inferer.last_contexts[0].diagnostics["prior_length_slices"] == pytest.approx(10.0)
-    inferer(thick[None], net, support_images=[support_img], support_masks=[support_lbl])
-    assert inferer.last_contexts[0].diagnostics["prior_length_slices"] == pytest.approx(20.0)
+    segmenter = FewShotSegmenter(net, support_img, support_lbl, {"blob": 1}, spatial_size=64)
+    assert segmenter(query_img).organs["blob"].diagnostics["prior_length_slices"] == pytest.approx(10.0)
+    assert segmenter(thick).organs["blob"].diagnostics["prior_length_slices"] == pytest.approx(20.0)
 
 
 def test_support_set_picks_chunk_centres():
@@ -94,9 +98,11 @@ def test_estimated_range_without_query_label(net):
     query_img, query_lbl = _blob_volume(centre=(46, 48), radii=(20, 17), z=(7, 16), seed=1)
     inferer = FewShotVolumeInferer(n_chunks=3, z_range="estimate", spatial_size=128)
     probs = inferer(query_img[None], net, support_images=[support_img], support_masks=[support_lbl])
-    first, last = inferer.last_contexts[0].z_range
-    assert abs(first - 7) <= 1 and abs(last - 16) <= 1
     assert dice_score(probs[0, 1] > 0.5, query_lbl[0] > 0) > 0.85
+    result = FewShotSegmenter(net, [support_img], [support_lbl], {"blob": 1}, spatial_size=128)(query_img)
+    first, last = result.organs["blob"].z_range
+    assert abs(first - 7) <= 1 and abs(last - 16) <= 1
+    assert torch.equal(result.organs["blob"].probability, probs[0, 1].as_tensor())  # the inferer adapts the segmenter
 
 
 def test_given_mode_requires_range_and_shapes_are_checked(net):
@@ -113,7 +119,7 @@ def test_given_mode_requires_range_and_shapes_are_checked(net):
         FewShotSliceProtocol(n_chunks=0)
 
 
-def test_refinement_stage_receives_cached_features(net):
+def test_pseudo_label_stage_receives_cached_features(net):
     image, label = _blob_volume()
     seen = {}
 
@@ -122,13 +128,13 @@ def test_refinement_stage_receives_cached_features(net):
         seen["chunks"] = context.chunk_of_slice.tolist()
         return context.probabilities
 
-    inferer = FewShotVolumeInferer(z_range="given", spatial_size=64, refinement=stage)
+    inferer = FewShotVolumeInferer(z_range="given", spatial_size=64, pseudo_label=stage)
     inferer(image[None], net, support_images=image, support_masks=label, query_z_range=(5, 14))
     assert seen["features"][0] == 20
     assert seen["chunks"] == [-1] * 5 + [0] * 4 + [1] * 3 + [2] * 3 + [-1] * 5
 
 
-def test_a_refinement_that_moves_the_organ_steps_aside(net):
+def test_a_pseudo_label_stage_that_moves_the_organ_steps_aside(net):
     image, label = _blob_volume()
 
     def relocate(network, protocol, context):  # a stage that followed wrong pseudo-labels: the organ moves away
@@ -143,17 +149,19 @@ def test_a_refinement_that_moves_the_organ_steps_aside(net):
         out[:, 0] = 1.0 - out[:, 1]
         return out
 
-    plain = FewShotVolumeInferer(z_range="given", spatial_size=64)
-    kwargs = {"support_images": image, "support_masks": label, "query_z_range": (5, 14)}
-    reference = plain(image[None], net, **kwargs)
-    guarded = FewShotVolumeInferer(z_range="given", spatial_size=64, refinement=relocate, min_agreement=0.5)
-    assert torch.equal(torch.as_tensor(guarded(image[None], net, **kwargs)), torch.as_tensor(reference))
-    report = guarded.last_contexts[0].diagnostics["refinement"]
-    assert report["accepted"] is False and report["agreement"] < 0.5
-    unguarded = FewShotVolumeInferer(z_range="given", spatial_size=64, refinement=relocate, min_agreement=0.0)
-    assert not torch.equal(torch.as_tensor(unguarded(image[None], net, **kwargs)), torch.as_tensor(reference))
-    accepted = FewShotVolumeInferer(z_range="given", spatial_size=64, refinement=nudge, min_agreement=0.5)
-    accepted(image[None], net, **kwargs)
-    assert accepted.last_contexts[0].diagnostics["refinement"]["accepted"] is True
+    def segment(stage=None, min_agreement=0.0):
+        segmenter = FewShotSegmenter(
+            net, image, label, {"blob": 1}, spatial_size=64, pseudo_label=stage, min_agreement=min_agreement
+        )
+        return segmenter(image, {"blob": (5, 14)}).organs["blob"]
+
+    reference = segment().probability
+    guarded = segment(relocate, 0.5)
+    assert torch.equal(guarded.probability, reference) and torch.equal(guarded.plain_probability, reference)
+    assert guarded.pseudo_label["accepted"] is False and guarded.pseudo_label["agreement"] < 0.5
+    unguarded = segment(relocate, 0.0)
+    assert not torch.equal(unguarded.probability, reference) and unguarded.pseudo_label["accepted"] is True
+    assert torch.equal(unguarded.plain_probability, reference)
+    assert segment(nudge, 0.5).pseudo_label["accepted"] is True
     with pytest.raises(ValueError, match="min_agreement"):
         FewShotVolumeInferer(min_agreement=1.5)

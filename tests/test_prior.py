@@ -72,5 +72,5 @@ def test_the_inferer_applies_the_prior_in_both_protocols(z_range):
     with_prior = FewShotVolumeInferer(z_range=z_range, spatial_size=64, spatial_prior=1.0)
     p0 = torch.as_tensor(plain(image[None], net, **kwargs))
     p1 = torch.as_tensor(with_prior(image[None], net, **kwargs))
-    assert p1.shape == p0.shape and with_prior.last_contexts[0].prior.shape == (64, 64)
+    assert p1.shape == p0.shape and not torch.equal(p0, p1)
     assert float(p1[:, 1].sum()) <= float(p0[:, 1].sum()) + 1e-3  # the prior only ever lowers the foreground

@@ -129,56 +129,32 @@ def test_score_softmax_weighted_sum_with_weights():
     assert bank.fg_tags == ["support", "support", "pseudo"] and bank.bg_tags == ["support"]
 
 
-def test_zero_weight_is_bit_identical_and_management():
+def test_zero_weight_is_bit_identical():
     f = _features(k=2, c=8, h=16, w=16, seed=5)
     q = _features(k=3, c=8, h=16, w=16, seed=6)
     bank = PrototypeBank.from_support(f, _box_mask(k=2), window=2)
     ref = bank.score(q)
-    added = bank.add(q, _box_mask(k=3, box=(16, 64, 8, 40)), tag="pseudo", weight=0.0)
-    assert added > 0 and len(bank) == bank.num_fg + bank.num_bg
-    assert torch.equal(bank.score(q), ref)  # exact
-    bank.set_weight("pseudo", 0.5)
-    assert not torch.equal(bank.score(q), ref)
-    assert bank.tags == ["support", "pseudo"]
-    assert bank.remove("pseudo") == added
-    assert torch.equal(bank.score(q), ref)
-    with pytest.raises(KeyError):
-        bank.set_weight("pseudo", 1.0)
+    pseudo = bank.copy()
+    fg, bg = q[0, :, :2, :2].mean((1, 2))[None], q[1, :, :2, :2].mean((1, 2))[None]
+    assert pseudo.add_prototypes(fg, bg, weight=0.0) == 2
+    assert len(pseudo) == len(bank) + 2 and torch.equal(pseudo.score(q), ref)  # exact
+    assert len(bank) == pseudo.num_fg + pseudo.num_bg - 2  # the copy's additions leave the bank as it is
+    weighted = bank.copy()
+    weighted.add_prototypes(q[0, :, :2, :2].mean((1, 2))[None], weight=0.5, tag="pseudo")
+    assert not torch.equal(weighted.score(q), ref) and weighted.tags == ["support", "pseudo"]
     with pytest.raises(ValueError):
-        bank.set_weight("support", -1.0)
-    bank.set_weight("support", 0.0)
+        weighted.add_prototypes(q[0, :, 0, 0][None], weight=-1.0)
+    only_zero = PrototypeBank()
+    only_zero.add_prototypes(torch.randn(1, 8), torch.randn(1, 8), weight=0.0)
     with pytest.raises(ValueError, match="positive weight"):
-        bank.score(q)
+        only_zero.score(q)
 
 
-def test_windowed_add():
-    f = _features(k=2, c=8, h=16, w=16, seed=7)
-    q = _features(k=2, c=8, h=16, w=16, seed=8)
-    bank = PrototypeBank.from_support(f, _box_mask(k=2), window=2)
-    n0, ref = len(bank), bank.score(q)
-    pseudo = _box_mask(k=2, box=(0, 32, 0, 64))  # top half fg
-    none_valid = torch.zeros(2, 8, 8, dtype=torch.bool)
-    assert bank.add(q, pseudo, valid_windows=none_valid) == 0
-    assert len(bank) == n0 and bank.tags == ["support"] and torch.equal(bank.score(q), ref)
-    valid = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
-    valid[0, 0, 0, :3] = True  # 3 fg windows
-    valid[1, 0, 7, 0] = True  # 1 bg window
-    assert bank.add(q, pseudo, valid_windows=valid, tag="win") == 4
-    assert bank.counts()["win"] == {"fg": 3, "bg": 1}
-    assert torch.allclose(bank.fg_prototypes[-3], q[0, :, :2, :2].mean((1, 2)), atol=1e-6)
-    assert bank.add(q, pseudo, valid_windows=valid, tag="fg_only", classes="fg") == 3
-    with pytest.raises(ValueError, match="valid_windows"):
-        bank.add(q, pseudo, valid_windows=torch.ones(2, 4, 4, dtype=torch.bool))
-    with pytest.raises(ValueError):
-        bank.add(q, pseudo[:1])
-
-
-def test_add_empty_pseudo_mask_adds_nothing():
-    f = _features(h=16, w=16)
-    bank = PrototypeBank.from_support(f, _box_mask(), window=2)
+def test_adding_no_prototypes_adds_no_group():
+    bank = PrototypeBank.from_support(_features(h=16, w=16), _box_mask(), window=2)
     n = len(bank)
-    assert bank.add(f, torch.zeros(1, 1, 64, 64), classes="fg") == 0
-    assert len(bank) == n
+    assert bank.add_prototypes(torch.zeros(0, 8)) == 0 and bank.add_prototypes() == 0
+    assert len(bank) == n and bank.tags == ["support"]
 
 
 def test_gradients_flow_and_detach():
@@ -199,10 +175,11 @@ def test_statistics_of_two_banks_merge_to_the_score_of_their_union():
     feats = torch.randn(2, 16, 8, 8, generator=g)
     masks = (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float()
     support = PrototypeBank.from_support(feats[:1], masks[:1], window=2, threshold=0.5)
+    pseudo = PrototypeBank.from_support(feats[1:], masks[1:], window=2, threshold=0.5)
     union = support.copy()
-    union.add(feats[1:], masks[1:], weight=0.5, tag="pseudo", window=2, threshold=0.5)
+    union.add_prototypes(pseudo.fg_prototypes, pseudo.bg_prototypes, weight=0.5, tag="pseudo")
     extra = PrototypeBank(window=2, threshold=0.5)
-    extra.add(feats[1:], masks[1:], weight=0.5, tag="pseudo", window=2, threshold=0.5)
+    extra.add_prototypes(pseudo.fg_prototypes, pseudo.bg_prototypes, weight=0.5, tag="pseudo")
     query = torch.randn(3, 16, 8, 8, generator=g)
     _, merged = merge_statistics(score_statistics(query, support), score_statistics(query, extra))
     assert torch.allclose(merged, union.score(query), atol=1e-5)

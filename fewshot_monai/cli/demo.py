@@ -16,18 +16,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from fewshot_monai.data.io import load_case, save_volume
-from fewshot_monai.data.phantoms import PHANTOM_LABELS, write_phantom
-from fewshot_monai.evaluation.metrics import dice_score
-from fewshot_monai.inferers import FewShotVolumeInferer
-from fewshot_monai.pseudolabel import get_refinement
-from fewshot_monai.transforms.labels import SelectOrgan, merge_organ_probabilities
-from fewshot_monai.transforms.slicing import slices_to_volume
-from fewshot_monai.utils.files import atomic_write
-from fewshot_monai.utils.plotting import save_overlay_png
-from fewshot_monai.zoo import load_model
+from fewshot_monai.cli.main import SUBCOMMANDS
+from fewshot_monai.data.phantoms import PHANTOM_LABELS
 
 __all__ = ["add_parser", "run", "run_demo"]
 
@@ -40,7 +31,7 @@ DEFAULT_STRATEGY = "window"
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="segment a synthetic query phantom from a synthetic support phantom",
+        help=SUBCOMMANDS["demo"][1],
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -68,6 +59,15 @@ def run_demo(
     pseudo_label: str = DEFAULT_STRATEGY,
 ) -> dict:
     """Run the demo and return the report dictionary (also written to ``out/report.json``)."""
+    from fewshot_monai.data.io import load_case, save_volume
+    from fewshot_monai.data.phantoms import write_phantom
+    from fewshot_monai.evaluation.metrics import dice_score
+    from fewshot_monai.inferers import FewShotSegmenter
+    from fewshot_monai.pseudolabel import get_pseudo_label
+    from fewshot_monai.utils.files import atomic_write
+    from fewshot_monai.utils.plotting import save_overlay_png
+    from fewshot_monai.zoo import load_model
+
     out = Path(out)
     organs = list(PHANTOM_LABELS) if organs is None else organs
     unknown = [o for o in organs if o not in PHANTOM_LABELS]
@@ -81,50 +81,33 @@ def run_demo(
     query = load_case(*query_paths, intensity=preset)
     model = load_model(weights, modality=modality)
     logger.info("model: %s", model.description)
-    inferer = FewShotVolumeInferer(n_chunks=3, z_range="estimate", refinement=get_refinement(pseudo_label))
-
-    probabilities, plain_probabilities, rows = {}, {}, []
-    query_features = None  # encoded once, reused for every organ
-    for organ in organs:
-        organ_id = PHANTOM_LABELS[organ]
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            probs = inferer(
-                query["image"][None],
-                model.network,
-                support_images=[support["image"]],
-                support_masks=[SelectOrgan(organ_id)(support["label"])],
-                query_features=query_features,
-            )
-        context = inferer.last_contexts[0]
-        query_features = [context.query_features]
-        probabilities[organ_id] = probs[0, 1]
-        z_range = context.z_range
-        plain_probabilities[organ_id] = torch.as_tensor(
-            slices_to_volume(context.probabilities, query["image"], mode="bilinear")
-        )[1]
+    ids = {organ: PHANTOM_LABELS[organ] for organ in organs}
+    segmenter = FewShotSegmenter(
+        model.network, [support["image"]], [support["label"]], ids, pseudo_label=get_pseudo_label(pseudo_label)
+    )
+    result = segmenter(query["image"])  # every organ's range estimated (EP2-style)
+    label_map = result.label_map()
+    plain_map = result.label_map(plain=True)
+    predictions, truths, rows = {}, {}, []
+    for organ, organ_result in result.organs.items():
+        organ_id = ids[organ]
+        pred = (label_map == organ_id).cpu().numpy()
+        truth = (query["label"][0] == organ_id).cpu().numpy()
+        predictions[organ], truths[organ] = pred, truth
+        z_range = organ_result.z_range
         rows.append(
             {
                 "organ": organ,
                 "label_id": organ_id,
                 "estimated_z_range": list(z_range) if z_range else None,
-                "seconds": round(time.perf_counter() - t0, 2),
-                "pseudo_labelled_slices": context.diagnostics.get("pseudo_label", {}).get("n_slices", 0),
+                "seconds": round(organ_result.seconds, 2),
+                "pseudo_labelled_slices": (organ_result.pseudo_label or {}).get("n_slices", 0),
+                "dice": round(dice_score(pred, truth), 4),
+                "dice_without_pseudo_label": round(dice_score((plain_map == organ_id).cpu().numpy(), truth), 4),
+                "true_z_range": [int(i) for i in np.flatnonzero(truth.any(axis=(0, 1)))[[0, -1]]],
             }
         )
-
-    # one label map: where two organs claim a voxel, the more probable one wins
-    label_map = merge_organ_probabilities(probabilities)
-    plain_map = merge_organ_probabilities(plain_probabilities)
-    predictions, truths = {}, {}
-    for row in rows:
-        pred = (label_map == row["label_id"]).cpu().numpy()
-        truth = (query["label"][0] == row["label_id"]).cpu().numpy()
-        predictions[row["organ"]], truths[row["organ"]] = pred, truth
-        row["dice"] = round(dice_score(pred, truth), 4)
-        row["dice_without_pseudo_label"] = round(dice_score((plain_map == row["label_id"]).cpu().numpy(), truth), 4)
-        row["true_z_range"] = [int(i) for i in np.flatnonzero(truth.any(axis=(0, 1)))[[0, -1]]]
-        logger.info("%s: Dice %.3f", row["organ"], row["dice"])
+        logger.info("%s: Dice %.3f", organ, rows[-1]["dice"])
 
     mask_path = out / "query_prediction.nii.gz"
     save_volume(label_map[None], mask_path, reference=query["image"], is_label=True)

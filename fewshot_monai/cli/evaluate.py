@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from fewshot_monai.cli.main import SUBCOMMANDS
 from fewshot_monai.errors import FewShotError
 
 __all__ = ["add_parser", "run", "config_from_args"]
@@ -42,7 +43,7 @@ def _label_map(text: str) -> dict[str, int]:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="cross-validated few-shot evaluation (EP1/EP2) with CSV, JSON and Markdown reports",
+        help=SUBCOMMANDS["evaluate"][1],
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

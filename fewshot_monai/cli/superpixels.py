@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from fewshot_monai.cli.main import SUBCOMMANDS
 from fewshot_monai.data.episodes import SuperpixelCache
 from fewshot_monai.transforms.intensity import INTENSITY_PRESETS
 from fewshot_monai.transforms.superpixels import SuperpixelParams
@@ -92,7 +93,7 @@ def cache_superpixels(
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "superpixels",
-        help="cache superpixel pseudo-labels of unlabelled scans (for self-supervised training)",
+        help=SUBCOMMANDS["superpixels"][1],
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -24,6 +24,7 @@ import json
 import logging
 from pathlib import Path
 
+from fewshot_monai.cli.main import SUBCOMMANDS
 from fewshot_monai.errors import FewShotError
 
 __all__ = ["add_parser", "run"]
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="self-supervised training of ALPNet on superpixel episodes",
+        help=SUBCOMMANDS["train"][1],
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -40,18 +40,18 @@ def pseudo_label_dice(pseudo_slices, truth: torch.Tensor, spatial_size: int) -> 
     return 1.0 if total == 0 else 2.0 * inter / total
 
 
-def pseudo_label_record(context, truth: torch.Tensor, spatial_size: int) -> dict:
-    """The ``pl_*`` fields of one (scan, organ) from the refined context's diagnostics."""
-    diag = context.diagnostics.get("pseudo_label", {})
-    slices = context.diagnostics.get("pseudo_slices", [])
+def pseudo_label_record(organ, truth: torch.Tensor, spatial_size: int) -> dict:
+    """The ``pl_*`` fields of one (scan, organ) from its :class:`~fewshot_monai.inferers.OrganSegmentation`."""
+    diag = organ.pseudo_label or {}
+    slices = organ.pseudo_slices
     return {
         "pl_slices": int(diag.get("n_slices") or 0),
         "pl_windows": diag.get("n_windows"),
         "pl_confidence": diag.get("mean_confidence"),
         "pl_dice": pseudo_label_dice(slices, truth, spatial_size),
         "pl_seconds": float(diag.get("seconds") or 0.0),
-        "pl_agreement": context.diagnostics.get("refinement", {}).get("agreement"),
-        "pl_accepted": context.diagnostics.get("refinement", {}).get("accepted"),
+        "pl_agreement": diag.get("agreement"),
+        "pl_accepted": diag.get("accepted"),
     }
 
 
@@ -68,7 +68,7 @@ def pseudo_label_summary(rows: Sequence[Mapping], refined: Mapping, plain: Mappi
         refined: ``summarise_rows`` of those rows.
         plain: ``summarise_rows`` of the plain rows of the same run.
         organs: organ names.
-        stage: the refinement stage (its ``options()`` are recorded when it has them).
+        stage: the pseudo-labelling stage (its ``options()`` are recorded when it has them).
     """
     gain = {}
     for o in organs:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from fewshot_monai.errors import InputError, UnreadableFileError
 from fewshot_monai.evaluation.folds import Fold, folds
 from fewshot_monai.evaluation.metrics import segmentation_metrics, spacing_from_affine
-from fewshot_monai.evaluation.protocols import get_protocol, make_inferer, plain_prediction, predict_organ
+from fewshot_monai.evaluation.protocols import get_protocol, segment_query
 from fewshot_monai.evaluation.pseudo_labels import pseudo_label_record, pseudo_label_summary
 from fewshot_monai.evaluation.report import (
     render_report,
@@ -42,7 +42,7 @@ from fewshot_monai.evaluation.report import (
     write_per_scan_csv,
     write_summary_json,
 )
-from fewshot_monai.pseudolabel import get_refinement
+from fewshot_monai.pseudolabel import get_pseudo_label
 from fewshot_monai.utils.files import atomic_write
 
 __all__ = ["EvaluationConfig", "run_evaluation", "resolve_checkpoint", "METHOD_NAME", "BASELINES"]
@@ -268,6 +268,19 @@ def _coerce(config) -> EvaluationConfig:
     return cfg
 
 
+def _check_inferer_options(options: Mapping) -> None:
+    """Refuse options :class:`~fewshot_monai.inferers.FewShotSegmenter` does not take (the evaluation sets the rest)."""
+    import inspect
+
+    from fewshot_monai.inferers import FewShotSegmenter
+
+    own = {"n_chunks", "spatial_size", "batch_size", "pseudo_label", "adaptation", "adapt_cache", "progress"}
+    valid = {n for n, p in inspect.signature(FewShotSegmenter).parameters.items() if p.kind == p.KEYWORD_ONLY} - own
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ValueError(f"bad inferer option(s) {unknown}; valid: {', '.join(sorted(valid))}")
+
+
 def _organ_mask(label, label_id: int):
     return (label == int(label_id)).to(torch.uint8)
 
@@ -298,15 +311,11 @@ def _row(method, cfg, fold: Fold, scan, organ, label_id, metrics, seconds, used,
     }
 
 
-def _save_prediction(out: Path, method: str, fold: int, scan: str, masks: dict, label_map, reference) -> None:
+def _save_prediction(out: Path, method: str, fold: int, scan: str, labels, reference) -> None:
     from fewshot_monai.data.io import save_volume
 
-    labels = np.zeros(reference.shape[1:], dtype=np.int16)
-    for organ, mask in masks.items():  # overlaps (per-organ methods): the later organ wins; see --joint
-        labels[mask] = label_map[organ]
-    save_volume(
-        labels[None], out / "predictions" / method / f"fold{fold}_{scan}.nii.gz", reference=reference, is_label=True
-    )
+    path = out / "predictions" / method / f"fold{fold}_{scan}.nii.gz"
+    save_volume(torch.as_tensor(labels)[None], path, reference=reference, is_label=True)
 
 
 def run_evaluation(config) -> dict:
@@ -341,17 +350,14 @@ class _EvaluationRun:
     def __init__(self, cfg: EvaluationConfig):
         self.cfg = cfg
         self.protocol = get_protocol(cfg.protocol)
-        self.refinement = get_refinement(cfg.pseudo_label, **dict(cfg.pseudo_label_options or {}))
+        self.pseudo_label = get_pseudo_label(cfg.pseudo_label, **dict(cfg.pseudo_label_options or {}))
         self.worker = None
         if cfg.baseline == "registration" or cfg.z_range_from == "registration":
             from fewshot_monai.evaluation.registration import RegistrationWorker, require_elastix
 
             require_elastix()
             self.worker = RegistrationWorker(threads=cfg.registration_threads)
-        try:  # bad inferer options fail here, before any data is read
-            make_inferer(self.protocol, cfg.n_chunks, cfg.spatial_size, cfg.batch_size, None, **cfg.inferer_options)
-        except TypeError as err:
-            raise ValueError(f"bad inferer option(s) {sorted(cfg.inferer_options)}: {err}") from err
+        _check_inferer_options(cfg.inferer_options)  # bad options fail here, before any data is read
         from fewshot_monai.engines.adaptation import SupportAdaptation
 
         self.adaptation = SupportAdaptation.from_dict(cfg.adapt) if cfg.adapt else None
@@ -374,7 +380,7 @@ class _EvaluationRun:
         self.models.check(self.indices)
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        plain = [PLAIN_METHOD_NAME] if self.refinement is not None else []
+        plain = [PLAIN_METHOD_NAME] if self.pseudo_label is not None else []
         joint = [JOINT_METHOD_NAME] if cfg.joint else []
         self.methods = [METHOD_NAME, *plain, *joint] + (["registration"] if cfg.baseline == "registration" else [])
         self.rows: list[dict] = []
@@ -416,55 +422,50 @@ class _EvaluationRun:
                 self.skip("all", fold.index, "*", organ, f"organ missing in support scan(s) {empty}")
                 continue
             support_masks[organ] = masks
+        from fewshot_monai.inferers import FewShotSegmenter
+
         cfg = self.cfg
-        network = model.network
-        if self.adaptation is not None and support_masks:
-            try:
-                network = self.adapt(fold, network, supports, [self.data.label_map[o] for o in support_masks])
-            except InputError as err:  # e.g. no support slice shows the organs large enough to learn from
-                for scan in fold.query_ids:
-                    self.skip("all", fold.index, scan, None, f"support adaptation failed: {err}")
-                return
-        inferer = make_inferer(
-            self.protocol, cfg.n_chunks, cfg.spatial_size, cfg.batch_size, self.refinement, **cfg.inferer_options
-        )
+        try:
+            segmenter = FewShotSegmenter(
+                model.network,
+                [s["image"] for s in supports],
+                [s["label"] for s in supports],
+                {o: self.data.label_map[o] for o in support_masks},
+                n_chunks=cfg.n_chunks,
+                spatial_size=cfg.spatial_size,
+                batch_size=cfg.batch_size,
+                pseudo_label=self.pseudo_label,
+                adaptation=self.adaptation if support_masks else None,
+                adapt_cache=cfg.adapt_cache,
+                progress=cfg.progress,
+                **cfg.inferer_options,
+            )
+        except InputError as err:  # e.g. no support slice shows the organs large enough to adapt to
+            for scan in fold.query_ids:
+                self.skip("all", fold.index, scan, None, f"support preparation failed: {err}")
+            return
+        adapted = segmenter.preparation["adaptation"]
+        if adapted is not None:
+            self.adapted[fold.index] = {**adapted, "seconds": round(adapted["seconds"], 1)}
+            logger.info(
+                "fold %d: network adapted to support %s in %.0f s",
+                fold.index,
+                ",".join(fold.support_ids),
+                adapted["seconds"],
+            )
         queries = list(fold.query_ids)[: cfg.limit_queries] if cfg.limit_queries else list(fold.query_ids)
         bar = tqdm(queries, desc=f"fold {fold.index} scans", unit="scan", leave=False, disable=not cfg.progress)
         for scan in bar:
-            self.run_query(fold, scan, network, inferer, supports, support_masks)
+            self.run_query(fold, scan, segmenter)
 
-    def adapt(self, fold: Fold, network, supports, organ_ids):
-        """The fold's network fine-tuned on its support scan(s) (:mod:`fewshot_monai.engines.adaptation`)."""
-        from fewshot_monai.engines.adaptation import adapt_to_support
-
-        adapted = adapt_to_support(
-            network,
-            [s["image"] for s in supports],
-            [s["label"] for s in supports],
-            organ_ids,
-            self.adaptation,
-            cache_dir=self.cfg.adapt_cache,
-            progress=self.cfg.progress,
-        )
-        self.adapted[fold.index] = {
-            "seconds": round(adapted.seconds, 1),
-            "from_cache": adapted.from_cache,
-            "key": adapted.key,
-            "losses": adapted.losses,
-        }
-        logger.info(
-            "fold %d: network adapted to support %s in %.0f s", fold.index, ",".join(fold.support_ids), adapted.seconds
-        )
-        return adapted.network
-
-    def run_query(self, fold: Fold, scan: str, network, inferer, supports, support_masks) -> None:
+    def run_query(self, fold: Fold, scan: str, segmenter) -> None:
         try:
             query = self.load(scan)
         except InputError as err:
             self.skip("all", fold.index, scan, None, str(err))
             return
         truths = {}
-        for organ in support_masks:
+        for organ in segmenter.organs:
             truth = _organ_mask(query["label"], self.data.label_map[organ])
             if not bool(truth.any()):
                 self.skip("all", fold.index, scan, organ, "organ missing in the query label")
@@ -475,8 +476,7 @@ class _EvaluationRun:
         spacing = spacing_from_affine(query["image"].affine)
         predictions: dict[str, dict[str, np.ndarray]] = {m: {} for m in self.methods}
         atlas = self.register(fold, scan, query, truths) if self.worker is not None else None
-        hints = {}
-        total = plain_total = 0.0
+        hints, before = {}, 0.0
         if self.cfg.z_range_from == "registration":
             if atlas is None:
                 for organ in truths:
@@ -486,54 +486,66 @@ class _EvaluationRun:
 
             # an organ the warped support label lost gets no hint: the network estimates its range itself
             hints = {organ: _extent(fuse_organ(atlas, self.data.label_map[organ])) for organ in truths}
-            total = plain_total = atlas.seconds
-        features = None  # the query is encoded once, by its first organ, and reused for the others
-        probabilities, ranges = {}, {}
-        for organ, truth in truths.items():
-            start = time.perf_counter()
-            try:
-                pred, used, probabilities[organ] = predict_organ(
-                    self.protocol,
-                    inferer,
-                    network,
-                    query["image"],
-                    [s["image"] for s in supports],
-                    support_masks[organ],
-                    query_mask=lambda truth=truth: truth,  # called by EP1 only
-                    query_features=features,
-                    z_range_hint=hints.get(organ),
-                )
-            except InputError as err:
+            before = atlas.seconds
+        try:
+            result = segment_query(
+                self.protocol,
+                segmenter,
+                query["image"],
+                {organ: (lambda truth=truth: truth) for organ, truth in truths.items()},  # called by EP1 only
+                z_range_hints=hints,
+            )
+        except InputError as err:
+            for organ in truths:
                 self.skip(METHOD_NAME, fold.index, scan, organ, str(err))
-                continue
-            seconds = time.perf_counter() - start
-            total += seconds
-            context = inferer.last_contexts[0]
-            features = context.query_features
+            return
+        share = result.encode_seconds / len(result.organs)  # the query is encoded once for all organs
+        total = before + result.seconds
+        for organ, organ_result in result.organs.items():
+            truth = truths[organ]
+            seconds = organ_result.seconds + share
             extra = {}
-            if self.refinement is not None:
-                extra = pseudo_label_record(context, truth, self.cfg.spatial_size)
+            if self.pseudo_label is not None:
+                extra = pseudo_label_record(organ_result, truth, self.cfg.spatial_size)
+                plain = organ_result.plain_mask
                 plain_seconds = seconds - extra["pl_seconds"]
-                plain_total += plain_seconds
-                plain = plain_prediction(inferer, query["image"])
-                self.score(PLAIN_METHOD_NAME, fold, scan, organ, plain, truth, spacing, plain_seconds, used)
+                self.score(
+                    PLAIN_METHOD_NAME, fold, scan, organ, plain, truth, spacing, plain_seconds, organ_result.z_range
+                )
                 predictions[PLAIN_METHOD_NAME][organ] = plain
-            self.score(METHOD_NAME, fold, scan, organ, pred, truth, spacing, seconds, used, extra)
-            predictions[METHOD_NAME][organ] = pred
-            ranges[organ] = used
-        if self.cfg.joint and probabilities:
-            self.score_joint(fold, scan, probabilities, truths, ranges, spacing, total, predictions)
-        if predictions[METHOD_NAME]:
-            self.query_seconds[METHOD_NAME][f"{fold.index}/{scan}"] = total
-            if self.refinement is not None:
-                self.query_seconds[PLAIN_METHOD_NAME][f"{fold.index}/{scan}"] = plain_total
+            mask = organ_result.mask
+            self.score(METHOD_NAME, fold, scan, organ, mask, truth, spacing, seconds, organ_result.z_range, extra)
+            predictions[METHOD_NAME][organ] = mask
+        if self.cfg.joint:
+            self.score_joint(fold, scan, result, truths, spacing, total, predictions)
+        self.query_seconds[METHOD_NAME][f"{fold.index}/{scan}"] = total
+        if self.pseudo_label is not None:
+            stage = sum(o.pseudo_label_seconds() for o in result.organs.values())
+            self.query_seconds[PLAIN_METHOD_NAME][f"{fold.index}/{scan}"] = total - stage
         if atlas is not None and "registration" in self.methods:
             self.score_registration(fold, scan, atlas, truths, spacing, predictions)
         for method, masks in predictions.items():
             if masks:
                 np.savez_compressed(self.cache / f"{method}__{fold.index}__{scan}.npz", **masks)
-                if self.cfg.save_predictions:
-                    _save_prediction(self.out, method, fold.index, scan, masks, self.data.label_map, query["image"])
+        if self.cfg.save_predictions:
+            self.save_predictions(fold, scan, result, predictions, query["image"])
+
+    def save_predictions(self, fold: Fold, scan: str, result, predictions, reference) -> None:
+        """Label maps under ``<out>/predictions/<method>/``, organs merged by the one rule
+        (:func:`fewshot_monai.inferers.label_map`: the most probable organ wins a voxel)."""
+        from fewshot_monai.inferers import label_map
+
+        maps = {METHOD_NAME: result.label_map(), JOINT_METHOD_NAME: result.label_map()}
+        if self.pseudo_label is not None:
+            maps[PLAIN_METHOD_NAME] = result.label_map(plain=True)
+        if predictions.get("registration"):
+            ids = self.data.label_map
+            maps["registration"] = label_map(
+                {ids[o]: torch.as_tensor(m).float() for o, m in predictions["registration"].items()}
+            )
+        for method, labels in maps.items():
+            if method in self.methods and predictions.get(method):
+                _save_prediction(self.out, method, fold.index, scan, labels, reference)
 
     def score(self, method, fold: Fold, scan, organ, pred, truth, spacing, seconds, used, extra=None) -> None:
         truth_np = truth[0].cpu().numpy().astype(bool)
@@ -543,16 +555,15 @@ class _EvaluationRun:
         row = _row(method, self.cfg, fold, scan, organ, label_id, metrics, seconds, used, scored, _extent(truth_np))
         self.rows.append({**row, **(extra or {})})
 
-    def score_joint(self, fold: Fold, scan: str, probabilities, truths, ranges, spacing, seconds, predictions) -> None:
-        """Score the organs merged into one label map (the most probable organ wins each voxel)."""
-        from fewshot_monai.transforms.labels import merge_organ_probabilities
-
-        ids = {organ: self.data.label_map[organ] for organ in probabilities}
-        merged = merge_organ_probabilities({ids[o]: p for o, p in probabilities.items()}).cpu().numpy()
+    def score_joint(self, fold: Fold, scan: str, result, truths, spacing, seconds, predictions) -> None:
+        """Score the organs merged into one label map (:func:`fewshot_monai.inferers.label_map`)."""
+        merged = result.label_map().cpu().numpy()
         self.query_seconds[JOINT_METHOD_NAME][f"{fold.index}/{scan}"] = seconds
-        for organ in probabilities:
-            pred = merged == ids[organ]
-            self.score(JOINT_METHOD_NAME, fold, scan, organ, pred, truths[organ], spacing, seconds, ranges[organ])
+        for organ, organ_result in result.organs.items():
+            pred = merged == result.label_ids[organ]
+            self.score(
+                JOINT_METHOD_NAME, fold, scan, organ, pred, truths[organ], spacing, seconds, organ_result.z_range
+            )
             predictions[JOINT_METHOD_NAME][organ] = pred
 
     def register(self, fold: Fold, scan: str, query, truths):
@@ -644,13 +655,13 @@ class _EvaluationRun:
                 "per_fold": per_fold,
                 "note": "one-off fine-tuning per support, not included in seconds_per_query",
             }
-        if self.refinement is not None:
+        if self.pseudo_label is not None:
             plain_rows = [r for r in self.rows if r["method"] == PLAIN_METHOD_NAME]
             plain = summarise_rows(plain_rows, self.organs, self.query_seconds[PLAIN_METHOD_NAME])
             plain["method"] = PLAIN_METHOD_NAME
             plain["description"] = "the same model and run without pseudo-labelling (the stage's input)"
             summary["plain"] = plain
-            summary["pseudo_label"] = pseudo_label_summary(ours, summary, plain, self.organs, self.refinement)
+            summary["pseudo_label"] = pseudo_label_summary(ours, summary, plain, self.organs, self.pseudo_label)
         if JOINT_METHOD_NAME in self.methods:
             rows = [r for r in self.rows if r["method"] == JOINT_METHOD_NAME]
             joint = summarise_rows(rows, self.organs, self.query_seconds[JOINT_METHOD_NAME])

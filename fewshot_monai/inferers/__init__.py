@@ -1,8 +1,22 @@
 from .fewshot_inferer import FewShotVolumeInferer
-from .protocol import FewShotContext, FewShotSliceProtocol, SupportSet, estimate_z_range, support_set_from_stacks
+from .protocol import (
+    FewShotContext,
+    FewShotSliceProtocol,
+    PreparedSupport,
+    SupportSet,
+    estimate_z_range,
+    support_set_from_stacks,
+)
+from .segmenter import FewShotSegmenter, OrganSegmentation, Segmentation, keep_largest_component, label_map
 
 __all__ = [
     "FewShotVolumeInferer",
+    "FewShotSegmenter",
+    "Segmentation",
+    "OrganSegmentation",
+    "PreparedSupport",
+    "keep_largest_component",
+    "label_map",
     "FewShotContext",
     "FewShotSliceProtocol",
     "SupportSet",

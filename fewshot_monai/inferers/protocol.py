@@ -27,7 +27,14 @@ from scipy import ndimage
 from fewshot_monai.errors import EmptyMaskError
 from fewshot_monai.transforms.labels import chunk_centres, chunk_slices, organ_z_extent
 
-__all__ = ["SupportSet", "FewShotContext", "support_set_from_stacks", "estimate_z_range", "FewShotSliceProtocol"]
+__all__ = [
+    "SupportSet",
+    "PreparedSupport",
+    "FewShotContext",
+    "support_set_from_stacks",
+    "estimate_z_range",
+    "FewShotSliceProtocol",
+]
 
 
 @dataclass
@@ -55,6 +62,27 @@ class SupportSet:
 
 
 @dataclass
+class PreparedSupport:
+    """A support set encoded once (:meth:`FewShotSliceProtocol.prepare`), reusable for any number of queries.
+
+    Attributes:
+        banks: one prototype bank per chunk.
+        all_slices_bank: the bank of every support slice together (the first pass of a range estimate).
+        organ_lengths: as :attr:`SupportSet.organ_lengths`.
+        position: as :attr:`SupportSet.position`.
+    """
+
+    banks: list
+    all_slices_bank: object
+    organ_lengths: list[float]
+    position: torch.Tensor | None = None
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.banks)
+
+
+@dataclass
 class FewShotContext:
     """What the protocol knows about one query after its first (plain) prediction.
 
@@ -68,9 +96,9 @@ class FewShotContext:
         z_range: inclusive (first, last) query slices that were scored, or None if no organ was found.
         output_size: (H, W) of the slices.
         diagnostics: free-form information for reports (filled by stages).
-        statistics: for networks with ``score_statistics`` (ALPNet), the per-class ``(log_mass, logits)`` of every
-            scored slice against its chunk's bank, ``(Z, 2, h, w)`` each (unscored slices: zeros), so that a stage
-            adding prototypes scores only those and merges (``FewShotSliceProtocol.score_added``).
+        statistics: the per-class ``(log_mass, logits)`` of every scored slice against its chunk's bank,
+            ``(Z, 2, h, w)`` each (unscored slices: zeros), so that a stage adding prototypes scores only those and
+            merges (``FewShotSliceProtocol.score_added``).
         prior: ``(H, W)`` in-plane position prior of the query slices (:mod:`fewshot_monai.inferers.prior`), already
             applied to ``probabilities`` and to whatever ``score_added`` returns; None without a spatial prior.
     """
@@ -255,6 +283,16 @@ class FewShotSliceProtocol:
         probabilities = torch.softmax(network.upsample(logits, context.output_size), dim=1)
         return self._with_prior(probabilities, context.prior)
 
+    @torch.no_grad()
+    def prepare(self, network, support: SupportSet) -> PreparedSupport:
+        """Encode the support slices once: the chunk banks and the all-slices bank (same features, no re-encoding)."""
+        if support.n_chunks != self.n_chunks:
+            raise ValueError(f"support set has {support.n_chunks} chunks, protocol expects {self.n_chunks}")
+        features = [self.encode(network, img) for img in support.images]
+        banks = [network.build_bank(support_features=f, support_masks=m) for f, m in zip(features, support.masks)]
+        all_bank = network.build_bank(support_features=torch.cat(features), support_masks=torch.cat(support.masks))
+        return PreparedSupport(banks, all_bank, list(support.organ_lengths), support.position)
+
     def chunk_assignment(self, n_slices: int, z_range: tuple[int, int] | None) -> torch.Tensor:
         """(Z,) chunk index per query slice, -1 outside ``z_range``."""
         chunk = torch.full((n_slices,), -1, dtype=torch.long)
@@ -269,22 +307,17 @@ class FewShotSliceProtocol:
         n = context.query_features.shape[0]
         probs = torch.zeros((n, 2, *context.output_size), dtype=torch.float32)
         probs[:, 0] = 1.0
-        mergeable = hasattr(network, "score_statistics") and hasattr(network, "upsample")
-        if mergeable:
-            shape = (n, 2, *context.query_features.shape[-2:])
-            context.statistics = (torch.zeros(shape), torch.zeros(shape))
+        shape = (n, 2, *context.query_features.shape[-2:])
+        context.statistics = (torch.zeros(shape), torch.zeros(shape))
         for c, bank in enumerate(context.banks):
             idx = torch.nonzero(context.chunk_of_slice == c).flatten()
             if not idx.numel():
                 continue
-            if mergeable:
-                mass, logits = self.statistics(network, context.query_features[idx], bank)
-                context.statistics[0][idx], context.statistics[1][idx] = mass, logits
-                probs[idx] = torch.softmax(network.upsample(logits, context.output_size), dim=1)
-            else:
-                probs[idx] = self.score(network, context.query_features[idx], bank, context.output_size)
-            if context.prior is not None:
-                probs[idx] = self._with_prior(probs[idx], context.prior)
+            mass, logits = self.statistics(network, context.query_features[idx], bank)
+            context.statistics[0][idx], context.statistics[1][idx] = mass, logits
+            probs[idx] = self._with_prior(
+                torch.softmax(network.upsample(logits, context.output_size), dim=1), context.prior
+            )
         return probs
 
     @torch.no_grad()
@@ -292,7 +325,7 @@ class FewShotSliceProtocol:
         self,
         network,
         query: torch.Tensor,
-        support: SupportSet,
+        support: SupportSet | PreparedSupport,
         z_range: tuple[int, int] | None | str = "estimate",
         query_features: torch.Tensor | None = None,
         slice_spacing: float = 1.0,
@@ -300,9 +333,11 @@ class FewShotSliceProtocol:
         """Run the plain protocol.
 
         Args:
-            network: an encoder-and-bank network (``encode``, ``build_bank``, ``score``), e.g. ALPNet.
+            network: an encoder-and-bank network (``encode``, ``build_bank``, ``score``, ``score_statistics``,
+                ``upsample``): ALPNet.
             query: (Z, 3, H, W) query slices.
-            support: the support set, ``support.n_chunks`` must equal ``n_chunks``.
+            support: the support set (``support.n_chunks`` must equal ``n_chunks``), or the same already prepared
+                by :meth:`prepare` (then no support slice is encoded).
             z_range: inclusive query organ range (EP1, known from the label), or ``"estimate"`` (EP2).
             query_features: cached features of ``query`` (skips encoding).
             slice_spacing: the query's slice spacing, in the unit of ``support.organ_lengths`` (mm).
@@ -310,6 +345,8 @@ class FewShotSliceProtocol:
         Returns:
             the context, whose ``probabilities`` is the plain prediction.
         """
+        if not isinstance(support, PreparedSupport):
+            support = self.prepare(network, support)
         if support.n_chunks != self.n_chunks:
             raise ValueError(f"support set has {support.n_chunks} chunks, protocol expects {self.n_chunks}")
         output_size = tuple(query.shape[-2:])
@@ -322,17 +359,11 @@ class FewShotSliceProtocol:
             from fewshot_monai.inferers.prior import query_prior
 
             position_prior = query_prior(support.position, query)
-        banks = [
-            network.build_bank(support_features=self.encode(network, img), support_masks=msk)
-            for img, msk in zip(support.images, support.masks)
-        ]
         diagnostics: dict = {}
         if isinstance(z_range, str):
             if z_range != "estimate":
                 raise ValueError(f"z_range must be (first, last), None or 'estimate', got {z_range!r}")
-            all_images, all_masks = support.all_slices()
-            first_bank = network.build_bank(support_features=self.encode(network, all_images), support_masks=all_masks)
-            first = self.score(network, features, first_bank, output_size)
+            first = self.score(network, features, support.all_slices_bank, output_size)
             first = self._with_prior(first, position_prior)
             prior = float(np.mean(support.organ_lengths)) / float(slice_spacing) if support.organ_lengths else None
             z_range = estimate_z_range(
@@ -347,7 +378,7 @@ class FewShotSliceProtocol:
         context = FewShotContext(
             query_features=features,
             chunk_of_slice=self.chunk_assignment(features.shape[0], z_range),
-            banks=banks,
+            banks=support.banks,
             probabilities=torch.empty(0),
             z_range=None if z_range is None else (int(z_range[0]), int(z_range[1])),
             output_size=output_size,

@@ -158,24 +158,23 @@ class PrototypeBank:
 
     A bank is built once from support features (:meth:`from_support`, or ``ALPNet.build_bank``) and scores any
     number of cached query feature maps (:meth:`score`) without re-encoding anything. Prototypes computed from
-    other features -- typically pseudo-labelled query slices -- are added with :meth:`add` under a tag, re-weighted
-    with :meth:`set_weight` and dropped with :meth:`remove`.
+    other features -- typically pseudo-labelled query slices (:mod:`fewshot_monai.pseudolabel.selection`) -- are
+    added with :meth:`add_prototypes` under a tag and a weight.
 
     A weight ``w`` enters the per-class softmax as ``s_p + log(w)``; a group with ``w == 0`` is skipped entirely,
     so its result is bit-identical to a bank without it.
 
     Args:
-        window: default pooling window (feature pixels) for :meth:`add`.
-        threshold: default foreground fraction threshold for :meth:`add`.
-        bg_threshold: default background fraction threshold; ``None`` means ``threshold``.
+        window: pooling window (feature pixels) of the local prototypes.
+        threshold: foreground fraction a window needs to become a foreground prototype.
+        bg_threshold: the same for background; ``None`` means ``threshold``.
 
     Example::
 
         bank = net.build_bank(support_images, support_masks)
         feats = net.encode(query_slices)                       # cache these
         logits = net.score(feats, bank, output_size=(256, 256))
-        pseudo = logits.argmax(1, keepdim=True)
-        bank.add(feats, pseudo, tag="pseudo", weight=0.5, valid_windows=confident)
+        bank.add_prototypes(fg_vectors, bg_vectors, tag="pseudo", weight=0.5)
         logits2 = net.score(feats, bank, output_size=(256, 256))
     """
 
@@ -206,7 +205,7 @@ class PrototypeBank:
             EmptyMaskError: all support masks are empty, or they leave no background.
         """
         bank = cls(window=window, threshold=threshold, bg_threshold=bg_threshold)
-        fg, bg = bank._compute(features, masks, window, bank.threshold, bank.bg_threshold, None, "both")
+        fg, bg = bank._compute(features, masks)
         if fg.shape[0] == 0:
             raise EmptyMaskError(None, "all support masks are empty: no foreground prototype can be built")
         if bg.shape[0] == 0:
@@ -214,7 +213,7 @@ class PrototypeBank:
         bank._entries.append(_Entry(str(tag), fg, bg, 1.0))
         return bank
 
-    def _compute(self, features, masks, window, threshold, bg_threshold, valid_windows, classes):
+    def _compute(self, features, masks):
         if features.ndim != 4:
             raise ValueError(f"features must be (K, C, h, w), got shape {tuple(features.shape)}.")
         if masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[0] != features.shape[0]:
@@ -222,67 +221,16 @@ class PrototypeBank:
                 f"masks must be (K, 1, H, W) with K = {features.shape[0]} matching the features, "
                 f"got shape {tuple(masks.shape)}."
             )
-        if classes not in ("both", "fg", "bg"):
-            raise ValueError(f"classes must be 'both', 'fg' or 'bg', got {classes!r}.")
         m = downsample_masks(masks.to(device=features.device, dtype=features.dtype), features.shape[-2:])
-        fg, bg = local_prototypes(features, m, window, threshold, bg_threshold, valid_windows)
-        if valid_windows is None:  # support-style rules: global fg always, global bg as fallback
-            g_fg = masked_average_prototype(features, m)
-            if g_fg is not None:
-                fg = torch.cat([fg, g_fg])
-            if bg.shape[0] == 0:
-                g_bg = masked_average_prototype(features, 1.0 - m)
-                if g_bg is not None:
-                    bg = g_bg
-        if classes == "fg":
-            bg = bg[:0]
-        elif classes == "bg":
-            fg = fg[:0]
+        fg, bg = local_prototypes(features, m, self.window, self.threshold, self.bg_threshold)
+        g_fg = masked_average_prototype(features, m)  # global fg always, global bg as fallback
+        if g_fg is not None:
+            fg = torch.cat([fg, g_fg])
+        if bg.shape[0] == 0:
+            g_bg = masked_average_prototype(features, 1.0 - m)
+            if g_bg is not None:
+                bg = g_bg
         return fg, bg
-
-    def add(
-        self,
-        features: torch.Tensor,
-        masks: torch.Tensor,
-        *,
-        weight: float = 1.0,
-        tag: str = "pseudo",
-        window: int | None = None,
-        threshold: float | None = None,
-        valid_windows: torch.Tensor | None = None,
-        classes: str = "both",
-    ) -> int:
-        """Add prototypes computed from arbitrary features and (pseudo) masks.
-
-        Without ``valid_windows`` the support rules apply (local windows + global foreground average, global
-        background as fallback; empty classes are skipped silently). With ``valid_windows`` (boolean
-        ``(K, h // window, w // window)``) only the allowed local windows that pass the threshold become
-        prototypes -- no global average -- which is the "windowed transfer" of pseudo labels.
-
-        Args:
-            features: ``(K, C, h, w)`` feature maps (e.g. cached query features).
-            masks: ``(K, 1, H, W)`` masks in [0, 1] at any resolution.
-            weight: group weight (>= 0).
-            tag: group name used by :meth:`remove` and :meth:`set_weight`.
-            window: pooling window; defaults to the bank's.
-            threshold: fraction threshold for both classes; defaults to the bank's thresholds.
-            valid_windows: optional boolean map of windows allowed to become prototypes.
-            classes: ``"both"``, ``"fg"`` or ``"bg"``: which class(es) to add.
-
-        Returns:
-            the number of prototypes added (0 adds nothing, not even an empty group).
-        """
-        weight = float(weight)
-        if not weight >= 0 or math.isinf(weight):
-            raise ValueError(f"weight must be finite and >= 0, got {weight}.")
-        window = self.window if window is None else int(window)
-        fg_t = self.threshold if threshold is None else float(threshold)
-        bg_t = self.bg_threshold if threshold is None else float(threshold)
-        fg, bg = self._compute(features, masks, window, fg_t, bg_t, valid_windows, classes)
-        n = fg.shape[0] + bg.shape[0]
-        if n:
-            self._entries.append(_Entry(str(tag), fg, bg, weight))
-        return n
 
     def add_prototypes(
         self,
@@ -307,28 +255,6 @@ class PrototypeBank:
         return n
 
     # ---------------------------------------------------------------------------------------------- managing
-    def remove(self, tag: str) -> int:
-        """Remove every group with this tag; returns the number of prototypes removed."""
-        n = sum(e.fg.shape[0] + e.bg.shape[0] for e in self._entries if e.tag == tag)
-        self._entries = [e for e in self._entries if e.tag != tag]
-        return n
-
-    def set_weight(self, tag: str, weight: float) -> None:
-        """Set the weight (>= 0) of every group with this tag.
-
-        Raises:
-            KeyError: no group has this tag.
-        """
-        weight = float(weight)
-        if not weight >= 0 or math.isinf(weight):
-            raise ValueError(f"weight must be finite and >= 0, got {weight}.")
-        found = False
-        for e in self._entries:
-            if e.tag == tag:
-                e.weight, found = weight, True
-        if not found:
-            raise KeyError(f"no prototypes tagged {tag!r}; tags are {self.tags}.")
-
     def copy(self) -> PrototypeBank:
         """A copy with its own list of groups (the prototype tensors are shared, they are never modified in place):
         adding to or removing from the copy leaves this bank as it is."""

@@ -1,8 +1,8 @@
 """Named pseudo-labelling strategies: what ``--pseudo-label NAME`` and ``pseudo_label: NAME`` resolve to.
 
-A name resolves to a *stage* for ``FewShotVolumeInferer(refinement=stage)`` (or ``PseudoLabelInferer(stage=...)``):
-a callable ``(network, protocol, context) -> (Z, 2, H, W)`` probabilities. ``"none"`` resolves to ``None`` (the plain
-prediction). Registered here:
+A name resolves to a *stage* for ``FewShotSegmenter(..., pseudo_label=stage)`` (or the same argument of
+``FewShotVolumeInferer``): a callable ``(network, protocol, context) -> (Z, 2, H, W)`` probabilities.
+``"none"`` resolves to ``None`` (the plain prediction). Registered here:
 
 - ``slice``: :class:`~fewshot_monai.pseudolabel.SupportExpansion` with
   :class:`~fewshot_monai.pseudolabel.SliceSelection` (per-slice threshold, k slices per chunk);
@@ -10,9 +10,9 @@ prediction). Registered here:
 
 Options (``--pseudo-label-option KEY=VALUE``) go to the stage (``weight``, ``rounds``, ``temperature``,
 ``noise_std``, ``seed``) or else to the selection (``threshold``, ``k_per_chunk``, ``neighbourhood``, ...). Other
-modules add strategies with :func:`register_refinement` (a reference-guided one plugs in the same way)::
+modules add strategies with :func:`register_pseudo_label` (a reference-guided one plugs in the same way)::
 
-    register_refinement("my_strategy", lambda **options: MyStage(**options))
+    register_pseudo_label("my_strategy", lambda **options: MyStage(**options))
 """
 
 from __future__ import annotations
@@ -20,39 +20,39 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-__all__ = ["register_refinement", "get_refinement", "available_refinements", "support_expansion_factory"]
+__all__ = ["register_pseudo_label", "get_pseudo_label", "available_pseudo_labels", "support_expansion_factory"]
 
-#: strategy name -> factory(**options) returning a refinement stage (or None for no refinement)
-_REFINEMENTS: dict[str, Callable] = {"none": lambda **options: None}
+#: strategy name -> factory(**options) returning a pseudo-labelling stage (or None: none)
+_PSEUDO_LABELS: dict[str, Callable] = {"none": lambda **options: None}
 
 
-def register_refinement(name: str, factory: Callable, *, overwrite: bool = False) -> None:
+def register_pseudo_label(name: str, factory: Callable, *, overwrite: bool = False) -> None:
     """Register ``factory(**options) -> stage`` under ``name`` (lower-case); refuses to replace a name silently."""
     key = str(name).strip().lower()
     if not key:
         raise ValueError("strategy name must not be empty")
-    if key in _REFINEMENTS and not overwrite:
-        raise ValueError(f"refinement strategy {key!r} is already registered")
-    _REFINEMENTS[key] = factory
+    if key in _PSEUDO_LABELS and not overwrite:
+        raise ValueError(f"pseudo-label strategy {key!r} is already registered")
+    _PSEUDO_LABELS[key] = factory
 
 
-def available_refinements() -> list[str]:
+def available_pseudo_labels() -> list[str]:
     """Registered strategy names, sorted."""
-    return sorted(_REFINEMENTS)
+    return sorted(_PSEUDO_LABELS)
 
 
-def get_refinement(name: str | None, **options):
-    """The refinement stage for strategy ``name`` (``None``/``"none"`` -> ``None``), built with ``options``.
+def get_pseudo_label(name: str | None, **options):
+    """The pseudo-labelling stage for strategy ``name`` (``None``/``"none"`` -> ``None``), built with ``options``.
 
     Raises:
         ValueError: unknown name (the message lists the valid names) or options the strategy does not take.
     """
     key = "none" if name is None else str(name).strip().lower()
-    if key not in _REFINEMENTS:
-        raise ValueError(f"unknown pseudo-label strategy {name!r}; valid names: {', '.join(available_refinements())}")
+    if key not in _PSEUDO_LABELS:
+        raise ValueError(f"unknown pseudo-label strategy {name!r}; valid names: {', '.join(available_pseudo_labels())}")
     if key == "none" and options:
         raise ValueError(f"pseudo-label strategy 'none' takes no options, got {sorted(options)}")
-    return _REFINEMENTS[key](**options)
+    return _PSEUDO_LABELS[key](**options)
 
 
 def support_expansion_factory(selection_class) -> Callable:

@@ -1,9 +1,9 @@
-"""Inference-time pseudo-labelling as a refinement stage of :class:`~fewshot_monai.inferers.FewShotVolumeInferer`.
+"""Inference-time pseudo-labelling: the stage ``pseudo_label`` of :class:`~fewshot_monai.inferers.FewShotSegmenter`.
 
 Following "Improving 3D Few-Shot Segmentation with Inference-Time Pseudo-Labeling" (arXiv 2410.09967): the query
 volume is unlabelled data we already hold, so use it.
 
-1. initial scores: the plain protocol scores every query slice from the support prototypes (done by the inferer);
+1. initial scores: the plain protocol scores every query slice from the support prototypes (done by the segmenter);
 2. confidence-aware transfer: a selection strategy (:mod:`fewshot_monai.pseudolabel.selection`) picks the most
    reliable query slices or windows and adds their prototypes, with a weight, to each chunk's prototype bank;
 3. final prediction: every query slice is scored again from the expanded banks.
@@ -31,7 +31,7 @@ PSEUDO_TAG = "pseudo"
 
 
 class SupportExpansion:
-    """Confidence-aware support expansion: the refinement stage ``(network, protocol, context) -> probabilities``.
+    """Confidence-aware support expansion: the pseudo-labelling stage ``(network, protocol, context) -> probabilities``.
 
     Args:
         selection: the selection strategy (default :class:`~fewshot_monai.pseudolabel.SliceSelection()`).
@@ -105,20 +105,14 @@ class SupportExpansion:
             transferred: dict[tuple[int, ...], tuple[PrototypeBank, int]] = {}  # chunks sharing slices share them
             for chunk, chosen in sorted(selection.per_chunk.items()):
                 idx = torch.nonzero(context.chunk_of_slice == chunk).flatten()
-                if context.statistics is not None:  # score only the pseudo prototypes, merge with the support's
-                    key = tuple(s.index for s in chosen)
-                    if key not in transferred:
-                        added = PrototypeBank(context.banks[chunk].window, context.banks[chunk].threshold)
-                        n = self.selection.transfer(added, context.query_features, chosen, self.weight, PSEUDO_TAG)
-                        transferred[key] = (added, n)
-                    added, n = transferred[key]
-                    if n:
-                        updated[idx] = protocol.score_added(network, context, idx, added)
-                else:
-                    bank = context.banks[chunk].copy()
-                    n = self.selection.transfer(bank, context.query_features, chosen, self.weight, tag=PSEUDO_TAG)
-                    if n:
-                        updated[idx] = protocol.score(network, context.query_features[idx], bank, context.output_size)
+                key = tuple(s.index for s in chosen)  # score only the pseudo prototypes, merge with the support's
+                if key not in transferred:
+                    added = PrototypeBank(context.banks[chunk].window, context.banks[chunk].threshold)
+                    n = self.selection.transfer(added, context.query_features, chosen, self.weight, PSEUDO_TAG)
+                    transferred[key] = (added, n)
+                added, n = transferred[key]
+                if n:
+                    updated[idx] = protocol.score_added(network, context, idx, added)
                 record["prototypes_added"] += n
             probabilities = updated
         context.diagnostics["pseudo_label"] = {
