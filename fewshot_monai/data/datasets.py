@@ -40,6 +40,8 @@ __all__ = [
     "natural_key",
     "datalist",
     "generic_datalist",
+    "find_volumes",
+    "is_dicom_file",
     "nnunet_datalist",
     "nnunet_label_map",
 ]
@@ -231,21 +233,37 @@ def _volume_stem(path: Path, suffixes) -> str | None:
     return None
 
 
+def is_dicom_file(path: Path) -> bool:
+    """A ``.dcm`` file, or a file of any name with the DICOM preamble (``DICM`` at byte 128)."""
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def _dicom_series(folder: Path) -> Path | None:
-    """The folder holding the ``.dcm`` files of a case folder (itself or one nested folder), None if not DICOM."""
-    if any(p.suffix.lower() == ".dcm" and p.is_file() for p in folder.iterdir()):
+    """The folder holding the DICOM files of a case folder (itself or one nested folder), None if not DICOM."""
+    if any(is_dicom_file(p) for p in folder.iterdir()):
         return folder
-    series = sorted({p.parent for p in folder.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file()})
+    series = sorted({p.parent for p in folder.rglob("*") if is_dicom_file(p)})
     if len(series) > 1:
         names = ", ".join(str(s.relative_to(folder)) for s in series[:4])
         raise UnreadableFileError(folder, f"holds several DICOM series ({names}...); point at one series folder")
     return series[0] if series else None
 
 
-def _collect(spec: str | os.PathLike, suffixes, dicom: bool) -> dict[str, Path]:
-    """stem -> path for a folder (volume files, DICOM series sub-folders), a glob, or a single file."""
+def _collect(spec: str | os.PathLike, suffixes, dicom: bool, ignored: list | None = None) -> dict[str, Path]:
+    """stem -> path for a folder (volume files, DICOM series sub-folders), a glob, or a single file; a folder that
+    is itself a DICOM series is one case. Files that are not volumes are appended to ``ignored``."""
     path = Path(spec)
     if path.is_dir():
+        if dicom and any(is_dicom_file(p) for p in path.iterdir()):
+            return {path.name: path}
         candidates = sorted(path.iterdir())
     elif path.is_file():
         candidates = [path]
@@ -259,11 +277,41 @@ def _collect(spec: str | os.PathLike, suffixes, dicom: bool) -> dict[str, Path]:
             series = _dicom_series(candidate) if dicom else None
             if series is not None:
                 found[candidate.name] = series
+            elif ignored is not None:
+                ignored.append(candidate)
             continue
         stem = _volume_stem(candidate, suffixes)
         if stem is not None:
             found[stem] = candidate
+        elif ignored is not None:
+            ignored.append(candidate)
     return found
+
+
+def find_volumes(spec: str | os.PathLike, suffixes=VOLUME_SUFFIXES) -> tuple[list[dict], list[Path]]:
+    """The volumes to segment in a folder, a glob or one file, and the entries that are not volumes.
+
+    Volumes are files ending in one of ``suffixes`` (NIfTI, NRRD, MHA, ...) and DICOM series (a folder holding
+    DICOM files, directly or in one nested folder; ``spec`` itself may be such a folder). Other files (notes,
+    ``SOURCE.txt``, spreadsheets) and folders without DICOM files are returned as ignored, not read.
+
+    Returns:
+        ``([{"id": name, "image": path}, ...] in natural id order, [ignored paths])``.
+
+    Raises:
+        UnreadableFileError: ``spec`` does not exist (nothing matches it) or holds no volume at all; the message
+            says which.
+    """
+    path = Path(spec).expanduser()
+    if not path.exists() and not glob.glob(str(spec)):
+        raise UnreadableFileError(spec, "input does not exist (no file, folder or glob match)")
+    ignored: list[Path] = []
+    found = _collect(path if path.exists() else spec, suffixes, dicom=True, ignored=ignored)
+    if not found:
+        what = f"; it holds only {len(ignored)} other file(s), e.g. {ignored[0].name}" if ignored else " (empty)"
+        raise UnreadableFileError(spec, f"no volume to segment (NIfTI, NRRD, MHA or DICOM series){what}")
+    cases = [{"id": stem, "image": str(found[stem])} for stem in sorted(found, key=natural_key)]
+    return cases, ignored
 
 
 def generic_datalist(

@@ -69,6 +69,7 @@ __all__ = [
     "save_volume",
     "case_id_from_path",
     "find_input_error",
+    "dicom_series",
 ]
 
 IMAGE_DTYPE = torch.float32
@@ -135,6 +136,8 @@ class LoadVolume(Transform):
 
     Args:
         is_label: load as a label map: values must be integers and are cast to ``int16``; otherwise ``float32``.
+        series: the DICOM series to read from a folder holding several (an identifier listed by
+            :func:`dicom_series`); without it such a folder is an error that lists them.
 
     The input is a path (file, or folder holding one DICOM series), or an in-memory array/``MetaTensor`` that is
     validated and cast the same way (a plain array gets an identity affine). ``NibabelReader`` reads NIfTI (the
@@ -142,14 +145,16 @@ class LoadVolume(Transform):
     RAS world coordinates. ``meta["filename_or_obj"]`` holds the path.
 
     Raises:
-        UnreadableFileError: missing, truncated or undecodable file, or a folder without a DICOM series.
+        UnreadableFileError: missing, truncated or undecodable file, a folder without a DICOM series, or with several
+            and no ``series`` chosen.
         DimensionalityError: not a single-channel 3D volume (2D image, several channels/time points).
         NonFiniteError: NaN/inf intensities.
         InputError: non-integer (or beyond int16) values in a label map.
     """
 
-    def __init__(self, is_label: bool = False):
+    def __init__(self, is_label: bool = False, series: str | None = None):
         self.is_label = is_label
+        self.series = series
         self._nifti_reader = NibabelReader()
         self._itk_reader = ITKReader()
 
@@ -162,7 +167,7 @@ class LoadVolume(Transform):
         if path.is_dir():
             if not any(child.is_file() for child in path.iterdir()):
                 raise UnreadableFileError(path, "folder is empty; expected the files of one DICOM series")
-            reader, problem = self._itk_reader, "folder holds no readable DICOM series"
+            reader, problem = self._series_reader(path), "folder holds no readable DICOM series"
         elif path.stat().st_size == 0:
             raise UnreadableFileError(path, "file is empty (0 bytes)")
         elif _suffix(path) in NIFTI_SUFFIXES:
@@ -179,6 +184,19 @@ class LoadVolume(Transform):
             raise DimensionalityError(path, f"cannot determine the channel axis of shape {tuple(img.shape)}") from err
         img.meta[ImageMetaKey.FILENAME_OR_OBJ] = str(path)
         return img
+
+    def _series_reader(self, folder: Path) -> ITKReader:
+        """The reader of ``folder``'s one DICOM series (or of the chosen one)."""
+        series = dicom_series(folder)
+        if self.series is not None:
+            if self.series not in series:
+                listed = ", ".join(series) or "none"
+                raise UnreadableFileError(folder, f"has no DICOM series {self.series!r}; it holds: {listed}")
+            return ITKReader(series_name=self.series)
+        if len(series) > 1:
+            listed = "; ".join(f"{uid} ({n} files)" for uid, n in series.items())
+            raise UnreadableFileError(folder, f"holds {len(series)} DICOM series, choose one (--series): {listed}")
+        return self._itk_reader
 
     def __call__(self, data) -> MetaTensor:
         if isinstance(data, (str, os.PathLike)):
@@ -200,25 +218,39 @@ class LoadVolume(Transform):
 
 
 class LoadVolumed(MapTransform):
-    """Dictionary version of :class:`LoadVolume`; ``is_label`` may be given per key."""
+    """Dictionary version of :class:`LoadVolume`; ``is_label`` may be given per key, ``series`` applies to all."""
 
     def __init__(
         self,
         keys: KeysCollection,
         is_label: bool | Sequence[bool] = False,
         allow_missing_keys: bool = False,
+        series: str | None = None,
     ):
         super().__init__(keys, allow_missing_keys)
         flags = (is_label,) * len(self.keys) if isinstance(is_label, bool) else tuple(is_label)
         if len(flags) != len(self.keys):
             raise ValueError(f"is_label has {len(flags)} entries for {len(self.keys)} keys")
-        self.loaders = {key: LoadVolume(flag) for key, flag in zip(self.keys, flags)}
+        self.loaders = {key: LoadVolume(flag, series) for key, flag in zip(self.keys, flags)}
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.loaders[key](d[key])
         return d
+
+
+def dicom_series(folder: str | os.PathLike) -> dict[str, int]:
+    """The DICOM series in ``folder`` as ITK/GDCM identifies them (the names :class:`LoadVolume` ``series`` takes)
+    -> number of files; empty when the folder holds none."""
+    import itk
+
+    names = itk.GDCMSeriesFileNames.New()
+    names.SetUseSeriesDetails(True)  # as MONAI's ITKReader, so the identifiers match its ``series_name``
+    names.AddSeriesRestriction("0008|0021")  # series date, as MONAI's ITKReader
+    names.SetGlobalWarningDisplay(False)
+    names.SetDirectory(str(folder))
+    return {str(uid): len(names.GetFileNames(uid)) for uid in names.GetSeriesUIDs()}
 
 
 def case_loading_transforms(
@@ -230,6 +262,7 @@ def case_loading_transforms(
     spacing: Sequence[float] | float | None = None,
     geometry_atol: float = 1e-3,
     allow_missing_keys: bool = False,
+    series: str | None = None,
 ) -> Compose:
     """The case loading pipeline as a MONAI ``Compose`` of dictionary transforms (see the module docstring).
 
@@ -242,6 +275,7 @@ def case_loading_transforms(
         spacing: target voxel size in mm (``(sx, sy, sz)`` or one number), or ``None`` to keep the grid.
         geometry_atol: tolerance on the affines of image and label (see ``CheckGeometryd``).
         allow_missing_keys: skip keys absent from the data dictionary.
+        series: the DICOM series to read from image folders holding several (:class:`LoadVolume`).
 
     Example::
 
@@ -255,7 +289,7 @@ def case_loading_transforms(
         raise ValueError("case_loading_transforms needs at least one image or label key")
     xforms: list[Transform] = []
     if image_keys:
-        xforms.append(LoadVolumed(image_keys, is_label=False, allow_missing_keys=allow_missing_keys))
+        xforms.append(LoadVolumed(image_keys, is_label=False, allow_missing_keys=allow_missing_keys, series=series))
     if label_keys:
         xforms.append(LoadVolumed(label_keys, is_label=True, allow_missing_keys=allow_missing_keys))
     if orientation:
@@ -309,6 +343,7 @@ def load_case(
     orientation: str | None = "RAS",
     spacing: Sequence[float] | float | None = None,
     case_id: str | None = None,
+    series: str | None = None,
 ) -> dict:
     """Load an image and (optionally) its label, validated, oriented, resampled and intensity-normalised.
 
@@ -326,6 +361,7 @@ def load_case(
         intensity=intensity,
         orientation=orientation,
         spacing=spacing,
+        series=series,
     )
     data = {"image": image} if label is None else {"image": image, "label": label}
     out = _run(pipeline, data)

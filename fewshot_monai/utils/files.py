@@ -11,13 +11,20 @@ from pathlib import Path
 __all__ = ["atomic_write", "atomic_path"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
 
     The temporary name keeps the full suffix of ``path`` (for example ``.nii.gz``) so that writers that choose a
     format from the extension behave as for the final name. On any exception the temporary file is removed and
-    ``path`` is left untouched.
+    ``path`` is left untouched. The file gets the permissions a plain ``open()`` would give it (``0o666`` less the
+    umask), not the private ``0o600`` of a temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +34,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

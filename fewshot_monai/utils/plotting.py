@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from fewshot_monai.utils.files import atomic_path  # noqa: E402
 
-__all__ = ["radiological_view", "pick_overlay_slices", "save_overlay_png"]
+__all__ = ["radiological_view", "pick_overlay_slices", "save_overlay_png", "save_three_plane_png"]
 
 
 def radiological_view(axial_slice: np.ndarray) -> np.ndarray:
@@ -78,6 +78,54 @@ def save_overlay_png(
         ax.axis("off")
     axes[0][0].legend(loc="lower left", fontsize=7, framealpha=0.6)
     fig.suptitle(title or "prediction (solid) vs reference (dashed)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+
+
+def save_three_plane_png(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    title: str | None = None,
+) -> None:
+    """Save a quality-control view: axial, coronal and sagittal planes through the predicted organs' centre, each
+    organ's contour in its own colour, at the true physical aspect ratio.
+
+    Args:
+        path: output PNG, written atomically.
+        image: (X, Y, Z) intensities of a RAS-oriented volume.
+        predictions: organ name -> (X, Y, Z) binary prediction.
+        spacing: voxel size (mm) along X, Y, Z.
+        title: figure title.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    union = np.zeros(image.shape, dtype=bool)
+    for mask in predictions.values():
+        union |= np.asarray(mask).astype(bool)
+    centre = [int(round(c.mean())) for c in np.nonzero(union)] if union.any() else [s // 2 for s in image.shape]
+    sx, sy, sz = (float(v) for v in spacing)
+    planes = [  # (name, slicer, aspect = row spacing / column spacing, display transform)
+        ("axial", np.s_[:, :, centre[2]], sy / sx, radiological_view),
+        ("coronal", np.s_[:, centre[1], :], sz / sx, radiological_view),
+        ("sagittal", np.s_[centre[0], :, :], sz / sy, lambda a: np.asarray(a).T),
+    ]
+    lo, hi = np.percentile(image, [1, 99])
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    for ax, (name, where, aspect, view) in zip(axes, planes):
+        ax.imshow(view(image[where]), cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=aspect)
+        for i, (organ, mask) in enumerate(predictions.items()):
+            plane = view(np.asarray(mask)[where]).astype(float)
+            if plane.any():
+                ax.contour(plane, levels=[0.5], colors=[colours(i % 10)], linewidths=1.2, origin="lower")
+            ax.plot([], [], color=colours(i % 10), label=organ)
+        ax.set_title(name)
+        ax.axis("off")
+    axes[0].legend(loc="lower left", fontsize=7, framealpha=0.6)
+    fig.suptitle(title or "segmentation")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")

@@ -1,0 +1,403 @@
+"""Segment a folder of studies from one (or a few) labelled supports: ``fewshot-monai segment`` and the bundle.
+
+:func:`segment_folder` finds the volumes (NIfTI, NRRD/MHA, DICOM series folders, mixed; other files are listed
+and ignored), prepares the support once (:class:`~fewshot_monai.inferers.FewShotSegmenter`: loading, optional
+adaptation, encoding) and segments every case, writing per case, atomically and with normal permissions:
+
+- ``<case>_seg.nii.gz``: one label map of all organs, in the input's own voxel grid and orientation;
+- ``<case>_prob.nii.gz`` (optional): the foreground probability of each organ, one channel per organ;
+- ``<case>.json``: per organ the volume in ml, mean confidence, z-range and seconds, plus the case's fingerprint;
+- ``<case>_qa.png``: axial, coronal and sagittal planes with the organ contours;
+
+and ``summary.csv`` for the batch. A case whose JSON carries the same fingerprint (support files, weights and
+options) is skipped on a re-run; one done with another support, model or options is redone. A case that fails is
+listed with its reason and the batch goes on. Under ``torchrun`` the cases are sharded across the ranks (each case
+is written by exactly one) and rank 0 writes the summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fewshot_monai.errors import InputError
+
+__all__ = ["SegmentOptions", "segment_folder", "load_supports", "fingerprint", "case_outputs", "SUMMARY_COLUMNS"]
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ("case", "input", "status", "reason", "seconds", "organs_found", "total_volume_ml", "segmentation")
+
+
+@dataclass
+class SegmentOptions:
+    """What :func:`segment_folder` does besides its inputs (the ``segment`` command's options).
+
+    Attributes:
+        organs: organ name -> label id in the support labels; None: every label id found in the first support,
+            named ``label_<id>``.
+        weights: ALPNet weights file; None: the shipped model of ``modality``.
+        modality: ``mri`` or ``ct``: the shipped model and the intensity preset used when not given.
+        intensity: intensity preset of supports and queries (``mri``, ``ct``, ``preprocessed``); None: ``modality``.
+        pseudo_label: inference-time pseudo-labelling strategy (``window``, ``slice``, ``none``).
+        adapt_iterations: support adaptation iterations, once per batch (0: none); its network is cached in
+            ``adapt_cache`` (default ``<output>/.cache``).
+        save_probabilities: also write ``<case>_prob.nii.gz``.
+        overlays: write ``<case>_qa.png``.
+        series: the DICOM series to read from a folder holding several.
+        n_chunks, spatial_size: the few-shot protocol's options.
+        progress: show a progress bar.
+    """
+
+    organs: dict[str, int] | None = None
+    weights: str | None = None
+    modality: str = "mri"
+    intensity: str | None = None
+    pseudo_label: str = "window"
+    adapt_iterations: int = 300
+    adapt_cache: str | None = None
+    save_probabilities: bool = False
+    overlays: bool = True
+    series: str | None = None
+    n_chunks: int = 3
+    spatial_size: int = 256
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def recorded(self) -> dict:
+        """The options that change a case's outputs (part of its fingerprint)."""
+        return {
+            "organs": self.organs,
+            "intensity": self.intensity or self.modality,
+            "pseudo_label": self.pseudo_label,
+            "adapt_iterations": int(self.adapt_iterations),
+            "n_chunks": int(self.n_chunks),
+            "spatial_size": int(self.spatial_size),
+            "series": self.series,
+            "save_probabilities": bool(self.save_probabilities),
+            "overlays": bool(self.overlays),
+        }
+
+
+def _hash_path(digest, path: Path) -> None:
+    """Feed a file's bytes (or a folder's files', in name order) into ``digest``."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+
+
+def fingerprint(support_images: Sequence, support_labels: Sequence, weights: Path | None, options: Mapping) -> str:
+    """A short hash of everything a case's outputs depend on besides the case itself: the support files' bytes,
+    the weights' bytes (``None``: the untrained network) and the options."""
+    digest = hashlib.sha256()
+    for path in [*support_images, *support_labels]:
+        _hash_path(digest, Path(path))
+    if weights is not None:
+        _hash_path(digest, Path(weights))
+    digest.update(json.dumps(options, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def case_outputs(output: Path, case: str) -> dict[str, Path]:
+    """The files written for ``case`` under ``output``."""
+    return {
+        "segmentation": output / f"{case}_seg.nii.gz",
+        "probabilities": output / f"{case}_prob.nii.gz",
+        "report": output / f"{case}.json",
+        "overlay": output / f"{case}_qa.png",
+    }
+
+
+def load_supports(images: Sequence, labels: Sequence, intensity: str, series: str | None = None) -> list[dict]:
+    """Load the support cases (image + label, validated, same grid); InputError names the bad file."""
+    from fewshot_monai.data.io import load_case
+
+    if not images or len(images) != len(labels):
+        raise InputError(None, f"give one --support-label per --support-image (got {len(images)} and {len(labels)})")
+    return [load_case(i, lb, intensity=intensity, series=series) for i, lb in zip(images, labels)]
+
+
+def _default_organs(label) -> dict[str, int]:
+    """Every label id of a support label, named ``label_<id>``."""
+    from fewshot_monai.transforms.validation import source_of
+
+    ids = [int(v) for v in torch.unique(torch.as_tensor(label)).tolist() if int(v) != 0]
+    if not ids:
+        raise InputError(source_of(label), "support label is empty: nothing to segment")
+    return {f"label_{i}": i for i in ids}
+
+
+def to_input_geometry(volume: torch.Tensor, reference) -> tuple[torch.Tensor, np.ndarray]:
+    """``(C, X, Y, Z)`` data in the loaded (RAS) orientation of ``reference`` -> the input file's own voxel order,
+    with the input's affine (the loader's reorientation undone)."""
+    import nibabel as nib
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation
+
+    original = np.asarray(reference.meta.get("original_affine", reference.affine), dtype=np.float64)
+    codes = "".join(nib.aff2axcodes(original))
+    plain = volume.as_tensor() if isinstance(volume, MetaTensor) else torch.as_tensor(volume)
+    oriented = Orientation(axcodes=codes, labels=None)(MetaTensor(plain, affine=reference.affine))
+    return oriented.as_tensor(), np.asarray(oriented.affine, dtype=np.float64)
+
+
+def _save(array: torch.Tensor, affine: np.ndarray, path: Path, is_label: bool) -> None:
+    from monai.data import MetaTensor
+
+    from fewshot_monai.data.io import save_volume
+
+    save_volume(MetaTensor(array, affine=torch.as_tensor(affine)), path, is_label=is_label)
+
+
+def _case_report(case: dict, result, query, seconds: float, print_key: str) -> dict:
+    """The JSON of one case: per organ volume, confidence, z-range, seconds."""
+    from monai.data.utils import affine_to_spacing
+
+    voxel_ml = float(np.prod(affine_to_spacing(query.affine, r=3).numpy())) / 1000.0
+    labels = result.label_map()
+    organs = {}
+    for name, organ in result.organs.items():
+        inside = labels == result.label_ids[name]
+        voxels = int(inside.sum())
+        organs[name] = {
+            "label": result.label_ids[name],
+            "volume_ml": round(voxels * voxel_ml, 2),
+            "voxels": voxels,
+            "mean_confidence": round(float(organ.probability[inside].mean()), 4) if voxels else None,
+            "z_range": None if organ.z_range is None else list(organ.z_range),
+            "seconds": round(organ.seconds, 2),
+            "pseudo_labelled_slices": (organ.pseudo_label or {}).get("n_slices"),
+        }
+    return {
+        "case": case["id"],
+        "input": case["image"],
+        "fingerprint": print_key,
+        "status": "done",
+        "seconds": round(seconds, 2),
+        "organs": organs,
+        "z_range_note": "inclusive axial slice indices of the input reoriented to RAS (slice 0 = most inferior)",
+    }
+
+
+def _write_case(case: dict, result, query, out: dict[str, Path], options: SegmentOptions, report: dict) -> None:
+    """All outputs of one case, each atomically; the JSON last (it marks the case as done)."""
+    from fewshot_monai.utils.files import atomic_write
+    from fewshot_monai.utils.plotting import save_three_plane_png
+
+    labels = result.label_map()
+    seg, affine = to_input_geometry(labels[None].to(torch.int16), query["image"])
+    _save(seg, affine, out["segmentation"], is_label=True)
+    if options.save_probabilities:
+        stacked = torch.stack([o.probability.float() for o in result.organs.values()])
+        probs, affine = to_input_geometry(stacked, query["image"])
+        _save(probs, affine, out["probabilities"], is_label=False)
+        report["probability_channels"] = list(result.organs)
+    if options.overlays:
+        from monai.data.utils import affine_to_spacing
+
+        masks = {name: (labels == result.label_ids[name]).numpy() for name in result.organs}
+        spacing = affine_to_spacing(query["image"].affine, r=3).tolist()
+        save_three_plane_png(out["overlay"], query["image"][0].numpy(), masks, spacing, title=f"{case['id']}")
+    report["outputs"] = {k: p.name for k, p in out.items() if p.is_file() and k != "report"}
+    with atomic_write(out["report"]) as handle:
+        json.dump(report, handle, indent=2)
+
+
+def _is_done(out: dict[str, Path], print_key: str) -> bool:
+    if not (out["report"].is_file() and out["segmentation"].is_file()):
+        return False
+    try:
+        return json.loads(out["report"].read_text()).get("fingerprint") == print_key
+    except (OSError, ValueError):
+        return False
+
+
+def _row(case: dict, status: str, reason: str = "", seconds: float = 0.0, report: dict | None = None, seg=None) -> dict:
+    organs = (report or {}).get("organs", {})
+    found = [n for n, o in organs.items() if o.get("voxels")]
+    return {
+        "case": case["id"],
+        "input": case["image"],
+        "status": status,
+        "reason": reason,
+        "seconds": round(seconds, 2),
+        "organs_found": ";".join(found),
+        "total_volume_ml": round(sum(o.get("volume_ml") or 0.0 for o in organs.values()), 2) if organs else "",
+        "segmentation": "" if seg is None else str(seg),
+    }
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size): from torch.distributed, initialised here under ``torchrun`` (gloo on CPU, nccl on GPU)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _gather(rows: list[dict], world: int) -> list[dict]:
+    if world <= 1:
+        return rows
+    import torch.distributed as dist
+
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, rows)
+    return [row for part in gathered for row in part]
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def segment_folder(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    support_images: Sequence[str | os.PathLike],
+    support_labels: Sequence[str | os.PathLike],
+    options: SegmentOptions | Mapping | None = None,
+) -> dict:
+    """Segment every volume of ``input`` (a folder, glob or file) from the labelled supports into ``output``.
+
+    Returns:
+        ``{"cases": [summary rows], "done", "skipped", "failed", "ignored": [paths], "support_seconds",
+        "seconds_per_case", "rank", "world_size"}``; rank 0 also wrote ``<output>/summary.csv``.
+
+    Raises:
+        InputError: before any case is touched: no volume in ``input``, an unreadable or empty support, or an organ
+            missing from a support (the message names the file).
+    """
+    from tqdm.auto import tqdm
+
+    from fewshot_monai.data.datasets import find_volumes
+
+    options = options if isinstance(options, SegmentOptions) else SegmentOptions(**dict(options or {}))
+    started = time.perf_counter()
+    output = Path(output)
+    cases, ignored = find_volumes(input)
+    intensity = options.intensity or options.modality
+    supports = load_supports(list(support_images), list(support_labels), intensity)
+    organs = dict(options.organs) if options.organs else _default_organs(supports[0]["label"])
+    from fewshot_monai.zoo import shipped_weights
+
+    weights = Path(options.weights) if options.weights else shipped_weights(options.modality)
+    print_key = fingerprint(support_images, support_labels, weights, {**options.recorded(), "organs": organs})
+    rank, world = _distributed()
+    mine = cases[rank::world]
+    outputs = {case["id"]: case_outputs(output, case["id"]) for case in mine}
+    todo = [case for case in mine if not _is_done(outputs[case["id"]], print_key)]
+    rows = [_row(c, "skipped", "already done with this support, model and options") for c in mine if c not in todo]
+    output.mkdir(parents=True, exist_ok=True)
+    support_seconds = 0.0
+    segmenter = None
+    if rank != 0:
+        _barrier(world)  # rank 0 adapts first and fills the cache; the other ranks then read it
+    if todo:
+        segmenter, support_seconds = _prepare(supports, organs, weights, options, output)
+    if rank == 0:
+        _barrier(world)
+    label = f"segment (rank {rank})" if world > 1 else "segment"
+    bar = tqdm(todo, desc=label, unit="case", disable=not options.progress)
+    for case in bar:
+        bar.set_postfix_str(case["id"])
+        rows.append(_segment_case(case, segmenter, outputs[case["id"]], options, intensity, print_key))
+    all_rows = _gather(rows, world)
+    order = {c["id"]: i for i, c in enumerate(cases)}
+    all_rows.sort(key=lambda r: order[r["case"]])
+    done = [r for r in all_rows if r["status"] == "done"]
+    summary = {
+        "cases": all_rows,
+        "done": len(done),
+        "skipped": sum(r["status"] == "skipped" for r in all_rows),
+        "failed": sum(r["status"] == "failed" for r in all_rows),
+        "ignored": [str(p) for p in ignored],
+        "support_seconds": round(support_seconds, 1),
+        "seconds_per_case": round(float(np.mean([r["seconds"] for r in done])), 2) if done else None,
+        "seconds_total": round(time.perf_counter() - started, 1),
+        "fingerprint": print_key,
+        "rank": rank,
+        "world_size": world,
+    }
+    if rank == 0:
+        _write_summary(output / "summary.csv", all_rows)
+    return summary
+
+
+def _prepare(supports, organs, weights, options: SegmentOptions, output: Path):
+    """The segmenter of the batch and the seconds its preparation took (adaptation included)."""
+    from fewshot_monai.inferers import FewShotSegmenter
+    from fewshot_monai.pseudolabel import get_pseudo_label
+    from fewshot_monai.zoo import load_model
+
+    start = time.perf_counter()
+    model = load_model(None if weights is None else str(weights), options.modality)
+    logger.info("model: %s", model.description)
+    adaptation = {"iterations": int(options.adapt_iterations)} if options.adapt_iterations else None
+    segmenter = FewShotSegmenter(
+        model.network,
+        [s["image"] for s in supports],
+        [s["label"] for s in supports],
+        organs,
+        n_chunks=options.n_chunks,
+        spatial_size=options.spatial_size,
+        pseudo_label=get_pseudo_label(options.pseudo_label),
+        adaptation=adaptation,
+        adapt_cache=options.adapt_cache or str(output / ".cache"),
+        progress=options.progress,
+        **options.extra,
+    )
+    seconds = time.perf_counter() - start
+    logger.info("support prepared in %.1f s (paid once per batch)", seconds)
+    return segmenter, seconds
+
+
+def _segment_case(case: dict, segmenter, out: dict[str, Path], options: SegmentOptions, intensity, print_key) -> dict:
+    """Segment and write one case; any failure becomes a ``failed`` row with its reason (the batch goes on)."""
+    from fewshot_monai.data.io import find_input_error, load_case
+
+    start = time.perf_counter()
+    try:
+        query = load_case(case["image"], intensity=intensity, case_id=case["id"], series=options.series)
+        result = segmenter(query["image"])
+        report = _case_report(case, result, query["image"], time.perf_counter() - start, print_key)
+        _write_case(case, result, query, out, options, report)
+    except Exception as err:  # one bad case must not stop the batch
+        input_error = find_input_error(err)
+        reason = str(input_error) if input_error is not None else f"{type(err).__name__}: {err}"
+        logger.error("case %s failed: %s", case["id"], reason)
+        if input_error is None:
+            logger.debug("".join(traceback.format_exception(err)))
+        return _row(case, "failed", reason, time.perf_counter() - start)
+    return _row(case, "done", "", time.perf_counter() - start, report, out["segmentation"])
+
+
+def _write_summary(path: Path, rows: list[dict]) -> None:
+    from fewshot_monai.utils.files import atomic_write
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(SUMMARY_COLUMNS))
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(path) as handle:
+        handle.write(buffer.getvalue())

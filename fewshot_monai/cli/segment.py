@@ -1,0 +1,113 @@
+"""``fewshot-monai segment``: segment a folder of studies from one (or a few) labelled supports.
+
+    fewshot-monai segment --support-image S.nii.gz --support-label S_seg.nii.gz \\
+        --organs liver=1,spleen=4 --input studies/ --output seg_out/
+
+Inputs may be NIfTI, NRRD/MHA files and DICOM series folders, mixed in one folder (or a glob, or one file);
+other files are listed and ignored. The support is prepared once (with the default 300 iterations of support
+adaptation: a few minutes on a CPU, cached in <output>/.cache), then every case gets, in --output:
+<case>_seg.nii.gz (all organs, in the input's own voxel grid), <case>.json (volume in ml, mean confidence, z-range
+and seconds per organ), <case>_qa.png (three planes) and, with --save-probabilities, <case>_prob.nii.gz; the
+batch gets summary.csv. A re-run skips the cases already done with the same support, model and options. A case
+that fails is reported with its reason and the batch goes on.
+
+Exit codes: 0 every case done or skipped; 1 some cases failed (see summary.csv); 2 nothing was started (missing
+or empty input, bad support, bad option). Under torchrun the cases are sharded across ranks (docs/batch.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from fewshot_monai.cli.main import SUBCOMMANDS
+
+__all__ = ["add_parser", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def _organs(text: str) -> dict[str, int]:
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit() or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected name=id pairs like liver=1,spleen=4, got {part!r}")
+        out[name.strip()] = int(value)
+    if not out:
+        raise argparse.ArgumentTypeError("--organs is empty")
+    return out
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help=SUBCOMMANDS["segment"][1],
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--support-image", action="append", required=True, help="support volume (repeat: k-shot)")
+    parser.add_argument("--support-label", action="append", required=True, help="its label map (repeat, same order)")
+    parser.add_argument(
+        "--organs", type=_organs, default=None, help="name=id,... (default: every label of the support)"
+    )
+    parser.add_argument("--input", required=True, help="folder, glob or file of the studies to segment")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--modality", choices=("mri", "ct"), default="mri", help="shipped model and intensity preset")
+    parser.add_argument("--weights", default=None, help="ALPNet weights (.pt) instead of the shipped model")
+    parser.add_argument("--intensity", choices=("mri", "ct", "preprocessed"), default=None, help="default: --modality")
+    parser.add_argument("--pseudo-label", default="window", help="window (default), slice or none")
+    parser.add_argument(
+        "--adapt-iterations", type=int, default=300, help="support adaptation, once per batch (default 300; 0: off)"
+    )
+    parser.add_argument("--adapt-cache", default=None, help="where adapted networks are kept (default <output>/.cache)")
+    parser.add_argument("--save-probabilities", action="store_true", help="also write <case>_prob.nii.gz")
+    parser.add_argument("--no-overlay", action="store_true", help="do not write <case>_qa.png")
+    parser.add_argument("--series", default=None, help="DICOM series to read from a folder holding several")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fewshot_monai.batch import SegmentOptions, segment_folder
+    from fewshot_monai.errors import FewShotError
+
+    options = SegmentOptions(
+        organs=args.organs,
+        weights=args.weights,
+        modality=args.modality,
+        intensity=args.intensity,
+        pseudo_label=args.pseudo_label,
+        adapt_iterations=args.adapt_iterations,
+        adapt_cache=args.adapt_cache,
+        save_probabilities=args.save_probabilities,
+        overlays=not args.no_overlay,
+        series=args.series,
+        progress=not args.no_progress,
+    )
+    if len(args.support_image) != len(args.support_label):
+        logger.error(
+            "give one --support-label per --support-image (got %d and %d)",
+            *map(len, (args.support_image, args.support_label)),
+        )
+        return 2
+    try:
+        summary = segment_folder(args.input, args.output, args.support_image, args.support_label, options)
+    except (FewShotError, ValueError) as err:
+        logger.error("nothing segmented: %s", err)
+        return 2
+    if summary["rank"] != 0:
+        return 1 if summary["failed"] else 0
+    for path in summary["ignored"]:
+        logger.info("ignored (not a volume): %s", path)
+    for row in summary["cases"]:
+        if row["status"] == "failed":
+            print(f"FAILED {row['case']}: {row['reason']}")
+    per_case = summary["seconds_per_case"]
+    print(
+        f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed, "
+        f"{len(summary['ignored'])} non-volume file(s) ignored; support prepared in {summary['support_seconds']} s"
+        + (f", {per_case} s per case" if per_case is not None else "")
+        + f"; wrote {args.output}/summary.csv"
+    )
+    return 1 if summary["failed"] else 0

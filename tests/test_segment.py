@@ -1,0 +1,173 @@
+"""``fewshot-monai segment``: a folder of studies segmented from one labelled support, as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from fewshot_monai.cli.main import main
+from fewshot_monai.data.io import load_volume, save_volume
+from fewshot_monai.evaluation.metrics import dice_score
+
+from .synthetic import blob_volume, write_blob_case
+
+FAST = ["--organs", "blob=1", "--intensity", "preprocessed", "--adapt-iterations", "0", "--no-progress"]
+
+
+def _flipped(volume: MetaTensor) -> MetaTensor:
+    """The same voxels stored in another orientation (x and y reversed): an LPS-like file."""
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[0, 3], flip[1, 3] = volume.shape[1] - 1, volume.shape[2] - 1
+    affine = np.asarray(volume.affine) @ flip
+    return MetaTensor(torch.flip(volume.as_tensor(), dims=(1, 2)), affine=torch.as_tensor(affine))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A support, and an input folder with a NIfTI query, an NRRD query stored in another orientation, a note and a
+    corrupt file; the queries' labels are kept elsewhere for scoring."""
+    root = tmp_path_factory.mktemp("study")
+    support_image, support_label = write_blob_case(root, "support", seed=0)
+    inputs, truths = root / "inputs", root / "truths"
+    inputs.mkdir()
+    truths.mkdir()
+    image, label = write_blob_case(truths, "nifti_case", centre=(46, 48), radii=(20, 17), z=(7, 16), seed=1)
+    shutil.move(image, inputs / "nifti_case.nii.gz")
+    q_img, q_lbl = blob_volume(centre=(52, 40), radii=(21, 15), z=(4, 13), seed=2)
+    save_volume(_flipped(q_img), inputs / "nrrd_case.nrrd")
+    save_volume(_flipped(q_lbl), truths / "nrrd_case_label.nrrd", is_label=True)
+    (inputs / "SOURCE.txt").write_text("where these came from\n")
+    (inputs / "broken.nii.gz").write_bytes(os.urandom(600))
+    return {"support": ["--support-image", str(support_image), "--support-label", str(support_label)], **locals()}
+
+
+def _rows(out: Path) -> dict[str, dict]:
+    with open(out / "summary.csv") as handle:
+        return {row["case"]: row for row in csv.DictReader(handle)}
+
+
+def test_a_folder_is_segmented_in_each_input_geometry_and_a_bad_case_does_not_stop_it(study, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["segment", *study["support"], "--input", str(study["inputs"]), "--output", str(out), *FAST])
+    assert code == 1  # one case failed
+    rows = _rows(out)
+    assert {k: r["status"] for k, r in rows.items()} == {"broken": "failed", "nifti_case": "done", "nrrd_case": "done"}
+    assert "broken.nii.gz: cannot be read as NIfTI" in rows["broken"]["reason"]
+    printed = capsys.readouterr().out
+    assert "FAILED broken:" in printed and "2 done, 0 skipped, 1 failed, 1 non-volume file(s) ignored" in printed
+    assert not list(out.glob("broken*")) and not list(out.glob(".*"))  # no partial output, no temporary file
+    for case, truth_path in (("nifti_case", "nifti_case_label.nii.gz"), ("nrrd_case", "nrrd_case_label.nrrd")):
+        seg = nib.load(out / f"{case}_seg.nii.gz")
+        stored = load_volume(study["truths"] / truth_path, is_label=True, orientation=None)  # the file's own order
+        assert seg.shape == tuple(stored.shape[1:])
+        np.testing.assert_allclose(seg.affine, np.asarray(stored.affine), atol=1e-4)
+        assert dice_score(np.asarray(seg.dataobj) == 1, stored[0].numpy() == 1) > 0.8
+        report = json.loads((out / f"{case}.json").read_text())
+        blob = report["organs"]["blob"]
+        assert blob["volume_ml"] == pytest.approx(blob["voxels"] * 1.5 * 1.5 * 5.0 / 1000, rel=1e-3)
+        assert 0.5 < blob["mean_confidence"] <= 1.0 and len(blob["z_range"]) == 2
+        assert (out / f"{case}_qa.png").stat().st_size > 10_000
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "nifti_case_seg.nii.gz").stat().st_mode & 0o777 == 0o666 & ~umask  # not a private 0600 file
+
+
+def test_a_rerun_skips_finished_cases_and_redoes_those_made_with_other_options(study, tmp_path):
+    out = tmp_path / "out"
+    args = ["segment", *study["support"], "--input", str(study["inputs"] / "*.nii.gz"), "--output", str(out), *FAST]
+    assert main(args) == 1  # the corrupt file matches the glob too
+    first = (out / "nifti_case.json").read_text()
+    assert main(args) == 1
+    rows = _rows(out)
+    assert rows["nifti_case"]["status"] == "skipped" and rows["broken"]["status"] == "failed"
+    assert (out / "nifti_case.json").read_text() == first  # untouched
+    assert main([*args, "--pseudo-label", "none"]) == 1
+    assert _rows(out)["nifti_case"]["status"] == "done"
+    assert json.loads((out / "nifti_case.json").read_text())["fingerprint"] != json.loads(first)["fingerprint"]
+
+
+def test_bad_inputs_stop_before_any_work_with_one_line(study, tmp_path, caplog):
+    out = tmp_path / "out"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    label_only_note = tmp_path / "notes"
+    label_only_note.mkdir()
+    (label_only_note / "README.txt").write_text("nothing here")
+    cases = {
+        str(tmp_path / "typo"): "input does not exist",
+        str(empty): "no volume to segment",
+        str(label_only_note): "holds only 1 other file(s), e.g. README.txt",
+    }
+    for input_path, message in cases.items():
+        caplog.clear()
+        assert main(["segment", *study["support"], "--input", input_path, "--output", str(out), *FAST]) == 2
+        assert message in caplog.text and "Traceback" not in caplog.text
+    caplog.clear()
+    bad_support = ["--support-image", study["support"][1], "--support-label", study["support"][3]]
+    wrong = ["--organs", "liver=6", "--intensity", "preprocessed", "--adapt-iterations", "0", "--no-progress"]
+    assert main(["segment", *bad_support, "--input", str(study["inputs"]), "--output", str(out), *wrong]) == 2
+    assert "organ 'liver' (label 6) is missing from the support label" in caplog.text
+    assert not out.exists() or not list(out.glob("*_seg.nii.gz"))
+
+
+def test_a_dicom_folder_with_two_series_is_refused_unless_one_is_chosen(study, tmp_path):
+    pytest.importorskip("pydicom")
+    from fewshot_monai.data.io import dicom_series
+
+    from .test_io import _write_dicom_series
+
+    image, _ = blob_volume(centre=(46, 48), radii=(20, 17), z=(7, 16), seed=1)
+    values = np.round(image[0].numpy() * 100).astype(np.int16)
+    folder = tmp_path / "inputs" / "patient_7"
+    for k in range(2):  # two series (different UIDs) in one folder
+        _write_dicom_series(values, np.asarray(image.affine), tmp_path / f"s{k}")
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in (tmp_path / f"s{k}").iterdir():
+            shutil.move(f, folder / f"s{k}_{f.name}")
+    series = dicom_series(folder)
+    assert len(series) == 2 and set(series.values()) == {20}
+    out = tmp_path / "out"
+    args = ["segment", *study["support"], "--input", str(tmp_path / "inputs"), "--output", str(out), *FAST]
+    assert main(args) == 1
+    reason = _rows(out)["patient_7"]["reason"]
+    assert "holds 2 DICOM series, choose one (--series)" in reason and all(uid in reason for uid in series)
+    assert main([*args, "--series", next(iter(series))]) == 0
+    assert nib.load(out / "patient_7_seg.nii.gz").shape == (96, 96, 20)
+
+
+@pytest.mark.slow
+def test_two_ranks_write_each_case_once_with_masks_identical_to_one_process(study, tmp_path):
+    pytest.importorskip("torch.distributed")
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    args = ["segment", *study["support"], "--input", str(study["inputs"]), *FAST]
+    assert main([*args, "--output", str(single)]) == 1
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_port=29533"]
+    done = subprocess.run(
+        [*launch, "-m", "fewshot_monai.cli.main", *args, "--output", str(multi)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode != 0 and "1 failed" in done.stdout, done.stderr[-2000:]  # rank 0 reports the batch
+    assert _rows(multi).keys() == _rows(single).keys()
+    assert len((multi / "summary.csv").read_text().splitlines()) == 1 + 3  # each case once
+    assert {r["status"] for r in _rows(multi).values()} == {"done", "failed"}
+    for case in ("nifti_case", "nrrd_case"):
+        a = np.asarray(nib.load(single / f"{case}_seg.nii.gz").dataobj)
+        b = np.asarray(nib.load(multi / f"{case}_seg.nii.gz").dataobj)
+        assert np.array_equal(a, b)
+    written = sorted(p.name for p in multi.iterdir() if p.name.endswith("_seg.nii.gz"))
+    assert written == ["nifti_case_seg.nii.gz", "nrrd_case_seg.nii.gz"]
