@@ -34,7 +34,16 @@ import torch
 
 from fewshot_monai.errors import InputError
 
-__all__ = ["SegmentOptions", "segment_folder", "load_supports", "fingerprint", "case_outputs", "SUMMARY_COLUMNS"]
+__all__ = [
+    "SegmentOptions",
+    "segment_folder",
+    "run_segmentation",
+    "report_lines",
+    "load_supports",
+    "fingerprint",
+    "case_outputs",
+    "SUMMARY_COLUMNS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +85,14 @@ class SegmentOptions:
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name in ("save_probabilities", "overlays", "progress"):  # "false" from a bundle's command line
+            value = getattr(self, name)
+            if isinstance(value, str):
+                if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(f"{name} must be true or false, got {value!r}")
+                setattr(self, name, value.strip().lower() in ("true", "1", "yes"))
+
     def recorded(self) -> dict:
         """The options that change a case's outputs (part of its fingerprint)."""
         return {
@@ -104,11 +121,13 @@ def _hash_path(digest, path: Path) -> None:
 def fingerprint(support_images: Sequence, support_labels: Sequence, weights: Path | None, options: Mapping) -> str:
     """A short hash of everything a case's outputs depend on besides the case itself: the support files' bytes,
     the weights' bytes (``None``: the untrained network) and the options."""
+    from fewshot_monai.errors import UnreadableFileError
+
     digest = hashlib.sha256()
-    for path in [*support_images, *support_labels]:
+    for path in [*support_images, *support_labels, *([] if weights is None else [weights])]:
+        if not Path(path).exists():
+            raise UnreadableFileError(path, "file or folder does not exist")
         _hash_path(digest, Path(path))
-    if weights is not None:
-        _hash_path(digest, Path(weights))
     digest.update(json.dumps(options, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
@@ -390,6 +409,42 @@ def _segment_case(case: dict, segmenter, out: dict[str, Path], options: SegmentO
             logger.debug("".join(traceback.format_exception(err)))
         return _row(case, "failed", reason, time.perf_counter() - start)
     return _row(case, "done", "", time.perf_counter() - start, report, out["segmentation"])
+
+
+def report_lines(summary: dict, output: str | os.PathLike) -> list[str]:
+    """What the user reads at the end of a batch: each failed case with its reason, then one line of totals."""
+    lines = [f"FAILED {row['case']}: {row['reason']}" for row in summary["cases"] if row["status"] == "failed"]
+    per_case = summary["seconds_per_case"]
+    lines.append(
+        f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed, "
+        f"{len(summary['ignored'])} non-volume file(s) ignored; support prepared in {summary['support_seconds']} s"
+        + (f", {per_case} s per case" if per_case is not None else "")
+        + f"; wrote {Path(output) / 'summary.csv'}"
+    )
+    return lines
+
+
+def run_segmentation(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    support_images: Sequence[str | os.PathLike],
+    support_labels: Sequence[str | os.PathLike],
+    options: SegmentOptions | Mapping | None = None,
+) -> int:
+    """:func:`segment_folder` as a command: bad input before any work is one logged line and exit code 2; the
+    report is printed (rank 0); 1 when some cases failed, else 0. The CLI and the bundle's ``inference.yaml``."""
+    from fewshot_monai.errors import FewShotError
+
+    try:
+        summary = segment_folder(input, output, support_images, support_labels, options)
+    except (FewShotError, ValueError) as err:
+        logger.error("nothing segmented: %s", err)
+        return 2
+    if summary["rank"] == 0:
+        for path in summary["ignored"]:
+            logger.info("ignored (not a volume): %s", path)
+        print("\n".join(report_lines(summary, output)))
+    return 1 if summary["failed"] else 0
 
 
 def _write_summary(path: Path, rows: list[dict]) -> None:

@@ -1,4 +1,5 @@
-"""The MONAI bundle: metadata validates offline, and the inference config segments a folder of queries."""
+"""The MONAI bundles (one per modality): metadata validates offline, inference segments a folder of studies as
+``fewshot-monai segment`` does, training and evaluation run, and the encoder exports."""
 
 from __future__ import annotations
 
@@ -15,11 +16,23 @@ from fewshot_monai.evaluation.metrics import dice_score
 
 from .synthetic import write_blob_case
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "fewshot_alpnet"
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+BUNDLE = BUNDLES / "fewshot_alpnet_mri"
 SCHEMA = Path(__file__).resolve().parents[1].parent / "shared" / "monai" / "meta_schema_20240725.json"
 
 
-def test_metadata_verifies_offline():
+@pytest.mark.parametrize("modality", ["mri", "ct"])
+def test_metadata_verifies_offline(modality):
+    bundle = BUNDLES / f"fewshot_alpnet_{modality}"
+    assert sorted(p.name for p in (bundle / "configs").iterdir()) == [
+        "evaluate.yaml",
+        "export.yaml",
+        "inference.yaml",
+        "logging.conf",
+        "metadata.json",
+        "train.yaml",
+    ]
+    assert (bundle / "models" / "model.pt").is_file() and (bundle / "docs" / "README.md").is_file()
     if not SCHEMA.is_file():
         pytest.skip(f"offline MONAI schema not found at {SCHEMA}")
     result = subprocess.run(
@@ -29,7 +42,7 @@ def test_metadata_verifies_offline():
             "monai.bundle",
             "verify_metadata",
             "--meta_file",
-            str(BUNDLE / "configs" / "metadata.json"),
+            str(bundle / "configs" / "metadata.json"),
             "--filepath",
             str(SCHEMA),
         ],
@@ -41,37 +54,54 @@ def test_metadata_verifies_offline():
     assert "metadata is verified with no error" in result.stdout + result.stderr
 
 
-def test_inference_config_segments_query_folder(tmp_path):
+def _bundle_run(config: str, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / config)]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=600, cwd=BUNDLE)
+
+
+def test_inference_config_segments_a_folder_and_stops_on_a_bad_support_with_one_line(tmp_path):
     support_image, support_label = write_blob_case(tmp_path, "support", seed=0)
     queries = tmp_path / "queries"
     queries.mkdir()
     query_image, query_label = write_blob_case(queries, "query", centre=(46, 48), radii=(20, 17), z=(7, 16), seed=1)
     query_label.rename(tmp_path / query_label.name)  # keep only images in the query folder
+    (queries / "notes.txt").write_text("not a volume")
     out = tmp_path / "out"
+    common = ["--support_image", str(support_image), "--query_images", str(queries), "--output_dir", str(out)]
+    options = ["--organs", "{'blob': 1}", "--intensity", "preprocessed", "--adapt_iterations", "0"]
+    options += ["--progress", "false"]
+    done = _bundle_run("inference.yaml", *common, "--support_label", str(support_label), *options)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 done, 0 skipped, 0 failed, 1 non-volume file(s) ignored" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["query.json", "query_qa.png", "query_seg.nii.gz", "summary.csv"]
+    pred, truth = nib.load(out / "query_seg.nii.gz"), nib.load(tmp_path / "query_label.nii.gz")
+    np.testing.assert_allclose(pred.affine, truth.affine, atol=1e-5)
+    assert dice_score(pred.get_fdata() == 1, truth.get_fdata() > 0) > 0.85
+    again = _bundle_run("inference.yaml", *common, "--support_label", str(support_label), *options)
+    assert again.returncode == 0 and "0 done, 1 skipped" in again.stdout  # finished cases are not redone
+    empty = tmp_path / "empty_label.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((96, 96, 20), np.uint8), nib.load(support_label).affine), empty)
+    bad = _bundle_run("inference.yaml", *common, "--support_label", str(empty), *options)
+    assert bad.returncode == 2
+    said = bad.stdout + bad.stderr
+    assert "empty_label.nii.gz: organ 'blob' (label 1) is missing from the support label" in said
+    assert "Traceback" not in said
+
+
+def test_export_config_writes_the_encoder_as_a_program_with_the_same_features(tmp_path):
+    import torch
+
+    from fewshot_monai.zoo import load_model
 
     parser = ConfigParser()
-    parser.read_config(BUNDLE / "configs" / "inference.yaml")
-    parser.update(
-        {
-            "bundle_root": str(BUNDLE),
-            "support_image": str(support_image),
-            "support_label": str(support_label),
-            "organ_id": 1,
-            "query_images": str(queries),
-            "output_dir": str(out),
-            "intensity": "none",
-            "spatial_size": 128,
-        }
-    )
-    parser.get_parsed_content("initialize")  # evaluates the expressions (set_determinism)
-    parser.get_parsed_content("evaluator").run()
-
-    written = out / "query_seg.nii.gz"
-    assert sorted(p.name for p in out.iterdir()) == ["query_seg.nii.gz"]
-    pred, truth = nib.load(written), nib.load(tmp_path / "query_label.nii.gz")
-    assert pred.shape == truth.shape
-    np.testing.assert_allclose(pred.affine, truth.affine, atol=1e-5)
-    assert dice_score(pred.get_fdata() > 0, truth.get_fdata() > 0) > 0.85
+    parser.read_config(BUNDLE / "configs" / "export.yaml")
+    parser.update({"bundle_root": str(BUNDLE), "export_path": str(tmp_path / "encoder.pt2"), "spatial_size": 64})
+    parser.get_parsed_content("run")
+    program = torch.export.load(str(tmp_path / "encoder.pt2")).module()
+    slices = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = load_model(str(BUNDLE / "models" / "model.pt")).network.encode(slices)
+        assert torch.allclose(program(slices), expected, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from fewshot_monai.networks import ALPNet
 from fewshot_monai.zoo import load_model, shipped_weights
 
-BUNDLE_MODELS = Path(__file__).resolve().parents[1] / "bundles" / "fewshot_alpnet" / "models"
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 
 
 @pytest.mark.parametrize("modality", ["mri", "ct"])
@@ -25,8 +25,8 @@ def test_each_modality_ships_a_trained_model_under_25_mb(modality):
     # the backbone was trained: it differs from the ImageNet weights it started from
     name = "encoder.backbone._conv_stem.weight"
     assert not torch.equal(state[name], ALPNet(pretrained=True).state_dict()[name])
-    # the bundle's models/ holds the same files
-    bundled = BUNDLE_MODELS / f"model_{modality}.pt"
+    # the modality's bundle reads the same file as models/model.pt
+    bundled = BUNDLES / f"fewshot_alpnet_{modality}" / "models" / "model.pt"
     assert bundled.resolve() == path.resolve()
 
 

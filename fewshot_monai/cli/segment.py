@@ -69,8 +69,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fewshot_monai.batch import SegmentOptions, segment_folder
-    from fewshot_monai.errors import FewShotError
+    from fewshot_monai.batch import SegmentOptions, run_segmentation
 
     options = SegmentOptions(
         organs=args.organs,
@@ -85,29 +84,4 @@ def run(args: argparse.Namespace) -> int:
         series=args.series,
         progress=not args.no_progress,
     )
-    if len(args.support_image) != len(args.support_label):
-        logger.error(
-            "give one --support-label per --support-image (got %d and %d)",
-            *map(len, (args.support_image, args.support_label)),
-        )
-        return 2
-    try:
-        summary = segment_folder(args.input, args.output, args.support_image, args.support_label, options)
-    except (FewShotError, ValueError) as err:
-        logger.error("nothing segmented: %s", err)
-        return 2
-    if summary["rank"] != 0:
-        return 1 if summary["failed"] else 0
-    for path in summary["ignored"]:
-        logger.info("ignored (not a volume): %s", path)
-    for row in summary["cases"]:
-        if row["status"] == "failed":
-            print(f"FAILED {row['case']}: {row['reason']}")
-    per_case = summary["seconds_per_case"]
-    print(
-        f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed, "
-        f"{len(summary['ignored'])} non-volume file(s) ignored; support prepared in {summary['support_seconds']} s"
-        + (f", {per_case} s per case" if per_case is not None else "")
-        + f"; wrote {args.output}/summary.csv"
-    )
-    return 1 if summary["failed"] else 0
+    return run_segmentation(args.input, args.output, args.support_image, args.support_label, options)
