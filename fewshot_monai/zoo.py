@@ -13,7 +13,15 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ASSETS_DIR", "UNTRAINED", "ModelChoice", "shipped_weights", "load_model"]
+__all__ = [
+    "ASSETS_DIR",
+    "UNTRAINED",
+    "ModelChoice",
+    "shipped_weights",
+    "load_model",
+    "resolve_checkpoint",
+    "FoldModels",
+]
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 #: ``load_model(UNTRAINED)``: the ImageNet-pretrained encoder without few-shot training, whatever ships
@@ -60,3 +68,55 @@ def load_model(weights: str | os.PathLike | None = None, modality: str = "mri") 
         description = f"ALPNet, trained weights {path.name}"
     network.eval()
     return ModelChoice(network, description)
+
+
+def resolve_checkpoint(model: str | os.PathLike | None, fold: int, setting: int) -> Path | str | None:
+    """The weights an evaluation uses for ``fold`` and ``setting``.
+
+    - ``None``: the shipped model of the data set's modality (returned as None for :func:`load_model`);
+    - ``"untrained"``: the ImageNet-pretrained network without few-shot training;
+    - a ``.pt`` file, or a bundle folder holding ``models/model.pt``: that model for every fold;
+    - any other folder: one checkpoint per fold and setting, ``<folder>/fold<k>_setting<s>.pt``.
+
+    Raises:
+        UnreadableFileError: the file or folder does not exist, or the folder has neither layout.
+    """
+    from fewshot_monai.errors import UnreadableFileError
+
+    if model is None or model == UNTRAINED:
+        return model
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        bundle = path / "models" / "model.pt"
+        if bundle.is_file():
+            return bundle
+        per_fold = path / f"fold{int(fold)}_setting{int(setting)}.pt"
+        if per_fold.is_file():
+            return per_fold
+        raise UnreadableFileError(
+            path,
+            f"no {per_fold.name} (per-fold checkpoints <dir>/fold<k>_setting<s>.pt) and no models/model.pt (bundle)",
+        )
+    raise UnreadableFileError(path, "model file or folder does not exist")
+
+
+class FoldModels:
+    """The models of an evaluation's folds (:func:`resolve_checkpoint`), each distinct checkpoint loaded once."""
+
+    def __init__(self, model: str | os.PathLike | None, setting: int, modality: str):
+        self.model, self.setting, self.modality = model, int(setting), modality
+        self._loaded: dict[str, ModelChoice] = {}
+
+    def check(self, folds) -> None:
+        """Raise now (before any work) if a fold has no checkpoint."""
+        for k in folds:
+            resolve_checkpoint(self.model, k, self.setting)
+
+    def get(self, fold: int) -> ModelChoice:
+        path = resolve_checkpoint(self.model, fold, self.setting)
+        key = str(path)
+        if key not in self._loaded:
+            self._loaded[key] = load_model(path, modality=self.modality)
+        return self._loaded[key]

@@ -19,6 +19,7 @@ _EXPORTS = {
         "datalist",
         "generic_datalist",
         "find_volumes",
+        "load_labelled_dataset",
         "get_descriptor",
         "nnunet_datalist",
         "nnunet_label_map",

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewshot_monai.errors import UnreadableFileError
+from fewshot_monai.errors import InputError, UnreadableFileError
 
 __all__ = [
     "DatasetDescriptor",
@@ -42,6 +42,8 @@ __all__ = [
     "generic_datalist",
     "find_volumes",
     "is_dicom_file",
+    "LabelledDataset",
+    "load_labelled_dataset",
     "nnunet_datalist",
     "nnunet_label_map",
 ]
@@ -454,3 +456,70 @@ def nnunet_datalist(root: str | os.PathLike, split: str = "train") -> tuple[list
         image = images_dir / f"{case_id}{channel0}"
         cases.append({"id": case_id, "image": str(image), "label": None if label is None else str(label)})
     return cases, label_map
+
+
+# ------------------------------------------------------------------------------------------- labelled data sets
+
+
+@dataclass
+class LabelledDataset:
+    """A labelled data set ready for cross-validation: cases by id, their order, organs, intensity, modality."""
+
+    items: dict[str, dict]  # id -> {"image", "label", "id"}
+    order: list[str]
+    label_map: dict[str, int]
+    intensity: str | None
+    modality: str
+
+
+def _generic_items(root: Path) -> tuple[list[dict], dict[str, int]]:
+    """Cases of a generic folder: an nnU-Net raw folder (imagesTr/, labelsTr/) or images/ + labels/ by stem."""
+    if (root / "imagesTr").is_dir():
+        return nnunet_datalist(root)
+    if (root / "images").is_dir() and (root / "labels").is_dir():
+        return generic_datalist(str(root / "images"), str(root / "labels")), {}
+    raise UnreadableFileError(root, "generic data must hold imagesTr/ + labelsTr/ (nnU-Net) or images/ + labels/")
+
+
+def load_labelled_dataset(
+    data: str | os.PathLike,
+    dataset: str,
+    label_map: dict[str, int] | None = None,
+    organs: list[str] | None = None,
+    intensity: str | None = None,
+) -> LabelledDataset:
+    """Every labelled case of ``data`` for an evaluation.
+
+    Args:
+        data: the data folder.
+        dataset: a descriptor name (``chaos``, ``sabs``, ``phantom``) or ``generic`` (an nnU-Net raw folder, or
+            ``images/`` + ``labels/`` paired by stem; its organs come from ``label_map`` or nnU-Net's dataset.json).
+        label_map: organ name -> label id (overrides the descriptor's).
+        organs: the descriptor's organs to keep (default: all).
+        intensity: intensity preset override (default: the descriptor's; ``preprocessed`` for generic data).
+
+    Raises:
+        UnreadableFileError: the folder does not exist or has no recognised layout; InputError: a scan has no
+        label; ValueError: no label map.
+    """
+    root = Path(data)
+    if not root.is_dir():
+        raise UnreadableFileError(root, "data folder does not exist")
+    if dataset == "generic":
+        items, found_map = _generic_items(root)
+        label_map = dict(label_map or found_map)
+        intensity = intensity or "preprocessed"
+        modality = "ct" if intensity == "ct" else "mri"
+    else:
+        descriptor = get_descriptor(dataset)
+        label_map = dict(label_map) if label_map else descriptor.organ_ids(organs)
+        intensity = intensity or descriptor.intensity
+        modality = descriptor.modality
+        items = datalist(root, descriptor)
+    if not label_map:
+        raise ValueError(f"no label map for {root}: pass label_map (--label-map name=id,...)")
+    items = [dict(item, id=str(item["id"])) for item in items]
+    missing = [item["id"] for item in items if not item.get("label")]
+    if missing:
+        raise InputError(root, f"the evaluation needs a label for every scan; none for {missing}")
+    return LabelledDataset({i["id"]: i for i in items}, [i["id"] for i in items], label_map, intensity, str(modality))

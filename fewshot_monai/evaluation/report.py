@@ -10,7 +10,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -31,6 +31,8 @@ __all__ = [
     "save_boxplots",
     "render_report",
     "method_summaries",
+    "pick_cases",
+    "write_outputs",
 ]
 
 #: columns of ``per_scan.csv``, one row per (method, fold, scan, organ)
@@ -414,3 +416,61 @@ def render_report(summary: Mapping, figures: Mapping[str, str] | None = None) ->
         lines.append("none")
     lines.append("")
     return "\n".join(lines)
+
+
+def pick_cases(rows: Sequence[Mapping], method: str) -> dict[str, tuple[int, str, float]]:
+    """Best, median and worst (fold, scan) of ``method`` by the scan's mean Dice over organs."""
+    per_scan: dict[tuple[int, str], list[float]] = {}
+    for r in rows:
+        if r["method"] == method:
+            per_scan.setdefault((r["fold"], r["scan"]), []).append(r["dice"])
+    if not per_scan:
+        return {}
+    ranked = sorted(((float(np.mean(v)), k) for k, v in per_scan.items()), key=lambda t: (t[0], str(t[1])))
+    picks = {"best": ranked[-1], "median": ranked[(len(ranked) - 1) // 2], "worst": ranked[0]}
+    out, seen = {}, set()
+    for name, (score, key) in picks.items():  # with fewer than three scans, each is shown once
+        if key not in seen:
+            seen.add(key)
+            out[name] = (key[0], key[1], score)
+    return out
+
+
+def write_outputs(
+    out: Path,
+    summary: dict,
+    rows: Sequence[Mapping],
+    organs: Sequence[str],
+    method: str,
+    overlay_case: Callable | None = None,
+) -> None:
+    """Write an evaluation's ``per_scan.csv``, ``summary.json`` (with its ``outputs``), ``report.md``, box plots
+    and, with ``overlay_case(fold, scan) -> (image, predictions, truths) or None``, overlays of the best, median
+    and worst scan of ``method``."""
+    from fewshot_monai.utils.plotting import save_overlay_png
+
+    figures: dict[str, str] = {}
+    if save_boxplots(out / "boxplots.png", rows, organs) is not None:
+        figures["Per-scan Dice and HD95 per organ"] = "boxplots.png"
+    overlays = {}
+    for name, (fold, scan, score) in (pick_cases(rows, method) if overlay_case else {}).items():
+        case = overlay_case(fold, scan)
+        if case is None:
+            continue
+        image, predictions, truths = case
+        png = f"overlay_{name}.png"
+        title = f"{name}: fold {fold} scan {scan}, mean Dice {score:.3f} (solid: prediction)"
+        save_overlay_png(out / png, image, predictions, truths, title=title)
+        figures[f"{name.capitalize()} case: fold {fold}, scan {scan} (mean Dice {score:.3f})"] = png
+        overlays[name] = {"fold": fold, "scan": scan, "mean_dice": score, "png": png}
+    summary["outputs"] = {
+        "per_scan_csv": "per_scan.csv",
+        "summary_json": "summary.json",
+        "report_md": "report.md",
+        "boxplots": "boxplots.png" if "boxplots.png" in figures.values() else None,
+        "overlays": overlays,
+    }
+    write_per_scan_csv(out / "per_scan.csv", rows)
+    write_summary_json(out / "summary.json", summary)
+    with atomic_write(out / "report.md") as fh:
+        fh.write(render_report(summary, figures))

@@ -1,15 +1,18 @@
-"""Run a few-shot evaluation end to end: folds, protocols, metrics, optional registration baseline, report.
+"""Run a few-shot evaluation end to end: the fold loop and the books (per-scan rows, skipped cases, seconds).
+
+The pieces it drives live where they belong: the labelled data set
+(:func:`fewshot_monai.data.datasets.load_labelled_dataset`), the fold models
+(:func:`fewshot_monai.zoo.resolve_checkpoint`), the segmentation of each fold's queries from its prepared support
+(:class:`fewshot_monai.inferers.FewShotSegmenter`, under the protocol's rules:
+:func:`fewshot_monai.evaluation.protocols.segment_query`), the registration baseline
+(:mod:`fewshot_monai.evaluation.registration`) and the report (:func:`fewshot_monai.evaluation.report.write_outputs`).
 
 :func:`run_evaluation` is plain Python (used by ``fewshot-monai evaluate`` and usable from a MONAI bundle
 config); it takes an :class:`EvaluationConfig` (or a dictionary of its fields) and returns the summary dict that
 it also writes to ``<out>/summary.json``, next to ``per_scan.csv``, ``report.md`` and the figures.
 
-Model selection (``model``):
-
-- ``None``: :func:`fewshot_monai.zoo.load_model` default for the data set's modality (the shipped model);
-- ``"untrained"``: the ImageNet-pretrained network without few-shot training (the training-free baseline);
-- a ``.pt`` file, or a bundle folder holding ``models/model.pt``: that model for every fold;
-- any other folder: one checkpoint per fold and setting, ``<folder>/fold<k>_setting<s>.pt`` (all must exist).
+Model selection (``model``): see :func:`fewshot_monai.zoo.resolve_checkpoint` (None: the shipped model;
+``"untrained"``; a ``.pt`` or bundle folder; or a folder of ``fold<k>_setting<s>.pt``).
 
 Bad cases (unreadable file, organ missing from a scan, failed registration) are logged, listed under
 ``"skipped"`` in the summary and the report, and the run goes on.
@@ -22,7 +25,7 @@ import datetime as _dt
 import logging
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,21 +33,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fewshot_monai.errors import InputError, UnreadableFileError
+from fewshot_monai.data.datasets import load_labelled_dataset
+from fewshot_monai.errors import InputError
 from fewshot_monai.evaluation.folds import Fold, folds
 from fewshot_monai.evaluation.metrics import segmentation_metrics, spacing_from_affine
 from fewshot_monai.evaluation.protocols import get_protocol, segment_query
 from fewshot_monai.evaluation.pseudo_labels import pseudo_label_record, pseudo_label_summary
-from fewshot_monai.evaluation.report import (
-    render_report,
-    save_boxplots,
-    summarise_rows,
-    write_per_scan_csv,
-    write_summary_json,
-)
+from fewshot_monai.evaluation.report import summarise_rows, write_outputs
 from fewshot_monai.pseudolabel import get_pseudo_label
-from fewshot_monai.utils.files import atomic_write
+from fewshot_monai.zoo import FoldModels, resolve_checkpoint
 
+# resolve_checkpoint lives in fewshot_monai.zoo; it is re-exported here for scripts that import it from the runner
 __all__ = ["EvaluationConfig", "run_evaluation", "resolve_checkpoint", "METHOD_NAME", "BASELINES"]
 
 logger = logging.getLogger(__name__)
@@ -141,102 +140,6 @@ class EvaluationConfig:
     progress: bool = True
     command: str | None = None
     extra: dict = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------------------------- data & models
-
-
-@dataclass
-class _Dataset:
-    items: dict[str, dict]  # id -> {"image", "label", "id"}
-    order: list[str]
-    label_map: dict[str, int]
-    intensity: str | None
-    modality: str
-
-
-def _generic_items(root: Path) -> tuple[list[dict], dict[str, int]]:
-    """Cases of a generic folder: an nnU-Net raw folder (imagesTr/, labelsTr/) or images/ + labels/ by stem."""
-    from fewshot_monai.data import datasets
-
-    if (root / "imagesTr").is_dir():
-        return datasets.nnunet_datalist(root)
-    if (root / "images").is_dir() and (root / "labels").is_dir():
-        return datasets.generic_datalist(str(root / "images"), str(root / "labels")), {}
-    raise UnreadableFileError(root, "generic data must hold imagesTr/ + labelsTr/ (nnU-Net) or images/ + labels/")
-
-
-def _load_dataset(cfg: EvaluationConfig) -> _Dataset:
-    from fewshot_monai.data import datasets
-
-    root = Path(cfg.data)
-    if not root.is_dir():
-        raise UnreadableFileError(root, "data folder does not exist")
-    if cfg.dataset == "generic":
-        items, label_map = _generic_items(root)
-        label_map = dict(cfg.label_map or label_map)
-        intensity = cfg.intensity or "preprocessed"
-        modality = "ct" if intensity == "ct" else "mri"
-    else:
-        descriptor = datasets.get_descriptor(cfg.dataset)
-        label_map = dict(cfg.label_map) if cfg.label_map else descriptor.organ_ids(cfg.organs)
-        intensity = cfg.intensity or descriptor.intensity
-        modality = descriptor.modality
-        items = datasets.datalist(root, descriptor)
-    if not label_map:
-        raise ValueError(f"no label map for {root}: pass label_map (--label-map name=id,...)")
-    items = [dict(item, id=str(item["id"])) for item in items]
-    missing = [item["id"] for item in items if not item.get("label")]
-    if missing:
-        raise InputError(root, f"the evaluation needs a label for every scan; none for {missing}")
-    return _Dataset({i["id"]: i for i in items}, [i["id"] for i in items], label_map, intensity, str(modality))
-
-
-def resolve_checkpoint(model: str | None, fold: int, setting: int) -> Path | str | None:
-    """The weights file used for ``fold`` (None = the zoo default, ``"untrained"`` = the training-free network);
-    see the module docstring for the rules."""
-    from fewshot_monai.zoo import UNTRAINED
-
-    if model is None or model == UNTRAINED:
-        return model
-    path = Path(model).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        bundle = path / "models" / "model.pt"
-        if bundle.is_file():
-            return bundle
-        per_fold = path / f"fold{int(fold)}_setting{int(setting)}.pt"
-        if per_fold.is_file():
-            return per_fold
-        raise UnreadableFileError(
-            path,
-            f"no {per_fold.name} (per-fold checkpoints <dir>/fold<k>_setting<s>.pt) and no models/model.pt (bundle)",
-        )
-    raise UnreadableFileError(path, "model file or folder does not exist")
-
-
-class _Models:
-    """Loads each distinct checkpoint once."""
-
-    def __init__(self, cfg: EvaluationConfig, modality: str):
-        self.cfg, self.modality, self._cache = cfg, modality, {}
-
-    def check(self, fold_indices: Sequence[int]) -> None:
-        for k in fold_indices:
-            resolve_checkpoint(self.cfg.model, k, self.cfg.setting)
-
-    def get(self, fold: int):
-        from fewshot_monai.zoo import load_model
-
-        path = resolve_checkpoint(self.cfg.model, fold, self.cfg.setting)
-        key = str(path)
-        if key not in self._cache:
-            self._cache[key] = load_model(path, modality=self.modality)
-        return self._cache[key]
-
-
-# ----------------------------------------------------------------------------------------------- evaluation
 
 
 def _coerce(config) -> EvaluationConfig:
@@ -340,7 +243,8 @@ def run_evaluation(config) -> dict:
             if run.worker is not None:
                 run.worker.close()
         summary = run.summary()
-        _write_outputs(run, summary)
+        overlay_case = run.overlay_case if cfg.overlays else None
+        write_outputs(run.out, summary, run.rows, run.organs, METHOD_NAME, overlay_case)
     return summary
 
 
@@ -366,7 +270,7 @@ class _EvaluationRun:
         if self.adaptation is not None and self.adaptation.iterations == 0:
             self.adaptation = None
         self.adapted: dict[int, dict] = {}
-        self.data = _load_dataset(cfg)
+        self.data = load_labelled_dataset(cfg.data, cfg.dataset, cfg.label_map, cfg.organs, cfg.intensity)
         self.organs = list(cfg.organs) if cfg.organs else list(self.data.label_map)
         unknown = [o for o in self.organs if o not in self.data.label_map]
         if unknown:
@@ -376,7 +280,7 @@ class _EvaluationRun:
         bad = [k for k in self.indices if not 0 <= k < len(self.all_folds)]
         if bad:
             raise ValueError(f"fold index(es) {bad} out of range 0..{len(self.all_folds) - 1}")
-        self.models = _Models(cfg, self.data.modality)
+        self.models = FoldModels(cfg.model, cfg.setting, self.data.modality)
         self.models.check(self.indices)
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -395,6 +299,21 @@ class _EvaluationRun:
 
         item = self.data.items[scan_id]
         return load_case(item["image"], item["label"], intensity=self.data.intensity, case_id=scan_id)
+
+    def overlay_case(self, fold: int, scan: str):
+        """(image, predictions, truths) of a scored scan of our method, for the report's overlays; None if gone."""
+        path = self.cache / f"{METHOD_NAME}__{fold}__{scan}.npz"
+        if not path.is_file():
+            return None
+        try:
+            case = self.load(scan)
+        except InputError as err:  # pragma: no cover - it was readable a moment ago
+            logger.warning("overlay of scan %s skipped: %s", scan, err)
+            return None
+        with np.load(path) as saved:
+            predictions = {organ: saved[organ] for organ in saved.files}
+        truths = {o: (case["label"][0] == self.data.label_map[o]).cpu().numpy() for o in predictions}
+        return case["image"][0].cpu().numpy(), predictions, truths
 
     def skip(self, method: str, fold: int, scan: str, organ: str | None, reason: str) -> None:
         logger.warning("skipped %s fold %s scan %s %s: %s", method, fold, scan, organ or "", reason)
@@ -679,65 +598,3 @@ class _EvaluationRun:
             reg["worker_startup_seconds"] = self.worker.startup_seconds  # once per run, not in seconds_per_query
             summary["baseline"] = {"registration": reg}
         return summary
-
-
-def _pick_cases(rows: Sequence[Mapping]) -> dict[str, tuple[int, str, float]]:
-    """Best, median and worst (fold, scan) of our method by the scan's mean Dice over organs."""
-    per_scan: dict[tuple[int, str], list[float]] = {}
-    for r in rows:
-        if r["method"] == METHOD_NAME:
-            per_scan.setdefault((r["fold"], r["scan"]), []).append(r["dice"])
-    if not per_scan:
-        return {}
-    ranked = sorted(((float(np.mean(v)), k) for k, v in per_scan.items()), key=lambda t: (t[0], str(t[1])))
-    picks = {"best": ranked[-1], "median": ranked[(len(ranked) - 1) // 2], "worst": ranked[0]}
-    out, seen = {}, set()
-    for name, (score, key) in picks.items():  # with fewer than three scans, each is shown once
-        if key not in seen:
-            seen.add(key)
-            out[name] = (key[0], key[1], score)
-    return out
-
-
-def _write_outputs(run: _EvaluationRun, summary: dict) -> None:
-    from fewshot_monai.utils.plotting import save_overlay_png
-
-    out, rows, organs = run.out, run.rows, run.organs
-    figures: dict[str, str] = {}
-    if save_boxplots(out / "boxplots.png", rows, organs) is not None:
-        figures["Per-scan Dice and HD95 per organ"] = "boxplots.png"
-    overlays = {}
-    if run.cfg.overlays:
-        for name, (fold, scan, score) in _pick_cases(rows).items():
-            path = run.cache / f"{METHOD_NAME}__{fold}__{scan}.npz"
-            if not path.is_file():
-                continue
-            try:
-                case = run.load(scan)
-            except InputError as err:  # pragma: no cover - it was readable a moment ago
-                logger.warning("overlay of scan %s skipped: %s", scan, err)
-                continue
-            with np.load(path) as saved:
-                predictions = {organ: saved[organ] for organ in saved.files}
-            truths = {o: (case["label"][0] == run.data.label_map[o]).cpu().numpy() for o in predictions}
-            png = f"overlay_{name}.png"
-            save_overlay_png(
-                out / png,
-                case["image"][0].cpu().numpy(),
-                predictions,
-                truths,
-                title=f"{name}: fold {fold} scan {scan}, mean Dice {score:.3f} (solid: prediction)",
-            )
-            figures[f"{name.capitalize()} case: fold {fold}, scan {scan} (mean Dice {score:.3f})"] = png
-            overlays[name] = {"fold": fold, "scan": scan, "mean_dice": score, "png": png}
-    summary["outputs"] = {
-        "per_scan_csv": "per_scan.csv",
-        "summary_json": "summary.json",
-        "report_md": "report.md",
-        "boxplots": "boxplots.png" if "boxplots.png" in figures.values() else None,
-        "overlays": overlays,
-    }
-    write_per_scan_csv(out / "per_scan.csv", rows)
-    write_summary_json(out / "summary.json", summary)
-    with atomic_write(out / "report.md") as fh:
-        fh.write(render_report(summary, figures))
