@@ -339,8 +339,8 @@ def segment_folder(
     label = f"segment (rank {rank})" if world > 1 else "segment"
     bar = tqdm(todo, desc=label, unit="case", disable=not options.progress)
     for case in bar:
-        bar.set_postfix_str(case["id"])
         rows.append(_segment_case(case, segmenter, outputs[case["id"]], options, intensity, print_key))
+        bar.set_postfix(failed=sum(r["status"] == "failed" for r in rows), refresh=False)
     all_rows = _gather(rows, world)
     order = {c["id"]: i for i, c in enumerate(cases)}
     all_rows.sort(key=lambda r: order[r["case"]])
@@ -404,7 +404,7 @@ def _segment_case(case: dict, segmenter, out: dict[str, Path], options: SegmentO
     except Exception as err:  # one bad case must not stop the batch
         input_error = find_input_error(err)
         reason = str(input_error) if input_error is not None else f"{type(err).__name__}: {err}"
-        logger.error("case %s failed: %s", case["id"], reason)
+        logger.debug("case %s failed: %s", case["id"], reason)
         if input_error is None:
             logger.debug("".join(traceback.format_exception(err)))
         return _row(case, "failed", reason, time.perf_counter() - start)
