@@ -1,12 +1,13 @@
 """Throughput of ``fewshot-monai segment`` on this machine: seconds per case and cases per minute for CHAOS-sized
 (256 x 256 x ~35 MRI) and SABS-sized (257 x 257 x ~140 CT) studies, with and without pseudo-labelling, on 1 and 2
-ranks (torchrun, gloo), and the support preparation paid once per batch (with 300 adaptation iterations).
+ranks (torchrun, gloo), and the support preparation paid once per batch (``--with-adaptation``: also a run with
+300 adaptation iterations; the evaluation summaries record that cost per fold as well).
 
     python benchmarks/segment_throughput.py --data ../shared/data --cases 4 --out runs/throughput
 
 Writes ``<out>/throughput.json`` (one record per run, with the machine's load average) and prints a Markdown
 table. Each run uses a fresh output folder, so nothing is skipped; the adaptation is measured once per data set
-in its own run (its network is cached, the throughput runs use ``--adapt-iterations 0`` apart from that).
+in its own run with ``--with-adaptation``; the throughput runs use ``--adapt-iterations 0``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--out", default="runs/throughput")
     parser.add_argument("--datasets", default="chaos,sabs")
+    parser.add_argument("--with-adaptation", action="store_true", help="also time a run with 300 adaptation iterations")
     args = parser.parse_args(argv)
     work = Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
         support_args, studies = _inputs(Path(args.data), folder, support, args.cases, work)
         common = [*support_args, "--organs", organs, "--modality", modality, "--intensity", intensity]
         common += ["--input", str(studies), "--no-progress", "--adapt-cache", str(work / "adapt_cache")]
-        runs = [("adaptation 300, pseudo-labelling", 1, ["--adapt-iterations", "300"])]
+        runs = [("adaptation 300, pseudo-labelling", 1, ["--adapt-iterations", "300"])] if args.with_adaptation else []
         runs += [("pseudo-labelling", 1, ["--adapt-iterations", "0"])]
         runs += [("no pseudo-labelling", 1, ["--adapt-iterations", "0", "--pseudo-label", "none"])]
         runs += [("pseudo-labelling", 2, ["--adapt-iterations", "0"])]

@@ -153,5 +153,5 @@ def test_a_support_that_cannot_be_adapted_to_skips_its_fold_and_the_run_goes_on(
                               "progress": False, "overlays": False, "folds": [0, 1], "organs": ["liver"],
                               "adapt": {"iterations": 2}, "out": str(tmp_path / "out")})  # fmt: skip
     assert {s["fold"] for s in summary["skipped"]} == {0, 1}
-    assert all("support adaptation failed: support.nii.gz" in s["reason"] for s in summary["skipped"])
+    assert all("support preparation failed: support.nii.gz" in s["reason"] for s in summary["skipped"])
     assert (tmp_path / "out" / "summary.json").is_file()

@@ -140,7 +140,8 @@ def test_evaluate_config_writes_the_summary(phantom_dir, tmp_path):
     out = tmp_path / "eval"
     parser = ConfigParser()
     parser.read_config(BUNDLE / "configs" / "evaluate.yaml")
-    parser.update({"dataset_dir": str(phantom_dir), "dataset": "phantom", "output_dir": str(out), "folds": [0]})
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(phantom_dir), "dataset": "phantom"})
+    parser.update({"output_dir": str(out), "folds": [0]})
     parser["evaluation_config"].update({"n_folds": 3, "spatial_size": 64, "organs": ["liver"], "progress": False})
     parser.get_parsed_content("run")
     summary = json.loads((out / "summary.json").read_text())

@@ -11,33 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 
+from fewshot_monai.cli.arguments import int_list, name_ids, name_list
 from fewshot_monai.cli.main import SUBCOMMANDS
 from fewshot_monai.errors import FewShotError
 
 __all__ = ["add_parser", "run", "config_from_args"]
 
 logger = logging.getLogger(__name__)
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
-
-
-def _name_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def _label_map(text: str) -> dict[str, int]:
-    out = {}
-    for part in _name_list(text):
-        name, sep, value = part.partition("=")
-        if not sep or not value.strip().lstrip("-").isdigit():
-            raise argparse.ArgumentTypeError(f"expected name=id pairs like liver=1,spleen=4, got {part!r}")
-        out[name.strip()] = int(value)
-    return out
 
 
 def add_parser(subparsers) -> None:
@@ -57,7 +37,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--protocol", choices=("ep1", "ep2"), default="ep1")
     parser.add_argument("--setting", type=int, choices=(1, 2), default=1)
-    parser.add_argument("--folds", type=_int_list, default=None, help="fold indices, e.g. 0,1,2,3,4 (default all)")
+    parser.add_argument("--folds", type=int_list, default=None, help="fold indices, e.g. 0,1,2,3,4 (default all)")
     parser.add_argument("--n-folds", type=int, default=5)
     parser.add_argument("--shots", type=int, default=1, help="support volumes per fold (k-shot)")
     parser.add_argument(
@@ -106,8 +86,8 @@ def add_parser(subparsers) -> None:
         default="network",
         help="EP2: organ range from the network's first pass (default) or from the registered support label",
     )
-    parser.add_argument("--organs", type=_name_list, default=None, help="comma-separated organ names (default all)")
-    parser.add_argument("--label-map", type=_label_map, default=None, help="name=id,... (required for generic)")
+    parser.add_argument("--organs", type=name_list, default=None, help="comma-separated organ names (default all)")
+    parser.add_argument("--label-map", type=name_ids, default=None, help="name=id,... (required for generic)")
     parser.add_argument("--intensity", default=None, help="intensity preset override (ct, mri, preprocessed, none)")
     parser.add_argument("--limit-queries", type=int, default=None, help="only the first N queries of each fold")
     parser.add_argument("--spatial-size", type=int, default=256)

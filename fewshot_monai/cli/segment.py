@@ -20,23 +20,12 @@ from __future__ import annotations
 import argparse
 import logging
 
+from fewshot_monai.cli.arguments import name_ids
 from fewshot_monai.cli.main import SUBCOMMANDS
 
 __all__ = ["add_parser", "run"]
 
 logger = logging.getLogger(__name__)
-
-
-def _organs(text: str) -> dict[str, int]:
-    out = {}
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, sep, value = part.partition("=")
-        if not sep or not value.strip().isdigit() or not name.strip():
-            raise argparse.ArgumentTypeError(f"expected name=id pairs like liver=1,spleen=4, got {part!r}")
-        out[name.strip()] = int(value)
-    if not out:
-        raise argparse.ArgumentTypeError("--organs is empty")
-    return out
 
 
 def add_parser(subparsers) -> None:
@@ -49,7 +38,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--support-image", action="append", required=True, help="support volume (repeat: k-shot)")
     parser.add_argument("--support-label", action="append", required=True, help="its label map (repeat, same order)")
     parser.add_argument(
-        "--organs", type=_organs, default=None, help="name=id,... (default: every label of the support)"
+        "--organs", type=name_ids, default=None, help="name=id,... (default: every label of the support)"
     )
     parser.add_argument("--input", required=True, help="folder, glob or file of the studies to segment")
     parser.add_argument("--output", required=True, help="output folder")
