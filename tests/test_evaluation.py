@@ -166,11 +166,18 @@ def _config(phantom_dir, out, **kw):
             "progress": False, **kw}  # fmt: skip
 
 
-def test_run_evaluation_writes_the_documented_outputs(phantom_dir, tmp_path):
+def test_run_evaluation_writes_the_documented_outputs(phantom_dir, tmp_path, caplog):
+    import logging
+
     from fewshot_monai.evaluation.runner import run_evaluation
 
     out = tmp_path / "ep1"
-    summary = run_evaluation(_config(phantom_dir, out, protocol="ep1", save_predictions=True))
+    with caplog.at_level(logging.INFO, logger="fewshot_monai.evaluation.runner"):
+        summary = run_evaluation(_config(phantom_dir, out, protocol="ep1", save_predictions=True))
+    # a log a person can follow without a progress bar: one line per query (Dice per organ, seconds) and per fold
+    query_lines = [m for m in caplog.messages if m.startswith("fold 0 scan ")]
+    assert query_lines and all("liver" in m and m.endswith(" s)") for m in query_lines)
+    assert any(m.startswith("fold 0: ") and "mean Dice" in m for m in caplog.messages)
     organs = ["liver", "right_kidney", "left_kidney", "spleen"]
     for name in ("per_scan.csv", "summary.json", "report.md", "boxplots.png", "overlay_best.png"):
         assert (out / name).is_file(), name

@@ -376,6 +376,18 @@ class _EvaluationRun:
         bar = tqdm(queries, desc=f"fold {fold.index} scans", unit="scan", leave=False, disable=not cfg.progress)
         for scan in bar:
             self.run_query(fold, scan, segmenter)
+            self.log_query(fold, scan)
+        done = [r["dice"] for r in self.rows if r["method"] == METHOD_NAME and r["fold"] == fold.index]
+        if done:
+            logger.info("fold %d: %d scan-organ pairs, mean Dice %.3f", fold.index, len(done), float(np.mean(done)))
+
+    def log_query(self, fold: Fold, scan: str) -> None:
+        """One line per scored query (with or without a progress bar): Dice per organ and seconds."""
+        rows = [r for r in self.rows if r["method"] == METHOD_NAME and r["fold"] == fold.index and r["scan"] == scan]
+        if rows:
+            dice = ", ".join(f"{r['organ']} {r['dice']:.3f}" for r in rows)
+            seconds = self.query_seconds[METHOD_NAME].get(f"{fold.index}/{scan}", 0.0)
+            logger.info("fold %d scan %s: %s (%.1f s)", fold.index, scan, dice, seconds)
 
     def run_query(self, fold: Fold, scan: str, segmenter) -> None:
         try:
