@@ -70,12 +70,17 @@ class PreparedSupport:
         all_slices_bank: the bank of every support slice together (the first pass of a range estimate).
         organ_lengths: as :attr:`SupportSet.organ_lengths`.
         position: as :attr:`SupportSet.position`.
+        features: per chunk the ``(K, C, h, w)`` encoder features of its support slices (for stages that look at
+            support pixels, e.g. reference-guided pseudo-labels).
+        masks: per chunk the ``(K, 1, H, W)`` masks of those slices.
     """
 
     banks: list
     all_slices_bank: object
     organ_lengths: list[float]
     position: torch.Tensor | None = None
+    features: list = field(default_factory=list)
+    masks: list = field(default_factory=list)
 
     @property
     def n_chunks(self) -> int:
@@ -101,6 +106,7 @@ class FewShotContext:
             merges (``FewShotSliceProtocol.score_added``).
         prior: ``(H, W)`` in-plane position prior of the query slices (:mod:`fewshot_monai.inferers.prior`), already
             applied to ``probabilities`` and to whatever ``score_added`` returns; None without a spatial prior.
+        support: the prepared support the query was scored against (its slices' features and masks).
     """
 
     query_features: torch.Tensor
@@ -112,6 +118,7 @@ class FewShotContext:
     diagnostics: dict = field(default_factory=dict)
     statistics: tuple[torch.Tensor, torch.Tensor] | None = None
     prior: torch.Tensor | None = None
+    support: PreparedSupport | None = None
 
 
 def support_set_from_stacks(
@@ -291,7 +298,9 @@ class FewShotSliceProtocol:
         features = [self.encode(network, img) for img in support.images]
         banks = [network.build_bank(support_features=f, support_masks=m) for f, m in zip(features, support.masks)]
         all_bank = network.build_bank(support_features=torch.cat(features), support_masks=torch.cat(support.masks))
-        return PreparedSupport(banks, all_bank, list(support.organ_lengths), support.position)
+        return PreparedSupport(
+            banks, all_bank, list(support.organ_lengths), support.position, features, list(support.masks)
+        )
 
     def chunk_assignment(self, n_slices: int, z_range: tuple[int, int] | None) -> torch.Tensor:
         """(Z,) chunk index per query slice, -1 outside ``z_range``."""
@@ -385,5 +394,6 @@ class FewShotSliceProtocol:
             diagnostics=diagnostics,
         )
         context.prior = position_prior
+        context.support = support
         context.probabilities = self.predict_chunks(network, context)
         return context

@@ -8,6 +8,11 @@ from .stage import PSEUDO_TAG, SupportExpansion
 
 register_pseudo_label("slice", support_expansion_factory(SliceSelection), overwrite=True)
 register_pseudo_label("window", support_expansion_factory(WindowSelection), overwrite=True)
+register_pseudo_label(
+    "reference",
+    lambda **options: support_expansion_factory(WindowSelection)(**{"source": "reference", **options}),
+    overwrite=True,
+)
 
 __all__ = [
     "CONFIDENCE_MEASURES",

@@ -6,9 +6,11 @@ A name resolves to a *stage* for ``FewShotSegmenter(..., pseudo_label=stage)`` (
 
 - ``slice``: :class:`~fewshot_monai.pseudolabel.SupportExpansion` with
   :class:`~fewshot_monai.pseudolabel.SliceSelection` (per-slice threshold, k slices per chunk);
-- ``window``: the same with :class:`~fewshot_monai.pseudolabel.WindowSelection` (windowed transfer).
+- ``window``: the same with :class:`~fewshot_monai.pseudolabel.WindowSelection` (windowed transfer);
+- ``reference``: ``window`` whose pseudo-labels come from the support's nearest pixels in feature space instead of
+  the plain prediction (``source="reference"``, :mod:`fewshot_monai.pseudolabel.reference`).
 
-Options (``--pseudo-label-option KEY=VALUE``) go to the stage (``weight``, ``rounds``, ``temperature``,
+Options (``--pseudo-label-option KEY=VALUE``) go to the stage (``source``, ``weight``, ``rounds``, ``temperature``,
 ``noise_std``, ``seed``) or else to the selection (``threshold``, ``k_per_chunk``, ``neighbourhood``, ...). Other
 modules add strategies with :func:`register_pseudo_label` (a reference-guided one plugs in the same way)::
 

@@ -35,6 +35,9 @@ class SupportExpansion:
 
     Args:
         selection: the selection strategy (default :class:`~fewshot_monai.pseudolabel.SliceSelection()`).
+        source: where the pseudo-labels the selection picks from come from: ``"network"`` (the plain prediction)
+            or ``"reference"`` (each query pixel labelled by its nearest support pixel in feature space,
+            :mod:`fewshot_monai.pseudolabel.reference`; the confidence is the nearest-neighbour margin).
         weight: weight of the pseudo prototypes against the support's (1: equal; 0: off, the plain prediction).
         rounds: T, the number of select-and-rescore rounds.
         temperature: temperature applied to the probabilities the selection sees (robustness studies; 1 = none).
@@ -50,6 +53,7 @@ class SupportExpansion:
     def __init__(
         self,
         selection: Any = None,
+        source: str = "network",
         weight: float = 1.0,
         rounds: int = 1,
         temperature: float = 1.0,
@@ -60,7 +64,10 @@ class SupportExpansion:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
         if not float(weight) >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
+        if source not in ("network", "reference"):
+            raise ValueError(f"source must be 'network' or 'reference', got {source!r}")
         self.selection = SliceSelection() if selection is None else selection
+        self.source = source
         self.weight = float(weight)
         self.rounds = int(rounds)
         self.temperature = float(temperature)
@@ -70,7 +77,8 @@ class SupportExpansion:
 
     def __repr__(self) -> str:
         return (
-            f"SupportExpansion(selection={self.selection!r}, weight={self.weight}, rounds={self.rounds}, "
+            f"SupportExpansion(selection={self.selection!r}, source={self.source!r}, weight={self.weight}, "
+            f"rounds={self.rounds}, "
             f"temperature={self.temperature}, noise_std={self.noise_std})"
         )
 
@@ -78,23 +86,47 @@ class SupportExpansion:
         return {
             "strategy": getattr(self.selection, "name", type(self.selection).__name__),
             **self.selection.options(),
+            "source": self.source,
             "weight": self.weight,
             "rounds": self.rounds,
             "temperature": self.temperature,
             "noise_std": self.noise_std,
         }
 
+    @staticmethod
+    def reference_labels(context) -> torch.Tensor:
+        """``(Z, 2, H, W)`` probabilities of reference-guided labels: every scored query slice labelled by its
+        nearest support pixels (all chunks' support slices together); background outside the scored range."""
+        from fewshot_monai.pseudolabel.reference import label_by_reference, reference_bank, reference_probabilities
+
+        support = context.support
+        if support is None or not support.features:
+            raise ValueError(
+                "source='reference' needs the prepared support's features (FewShotSegmenter provides them)"
+            )
+        bank = reference_bank(torch.cat(support.features), torch.cat(support.masks))
+        scored = context.chunk_of_slice >= 0
+        out = torch.zeros_like(context.probabilities)
+        out[:, 0] = 1.0
+        if bool(scored.any()):
+            _, margin = label_by_reference(context.query_features[scored], bank)
+            out[scored] = reference_probabilities(margin, context.output_size)
+        return out
+
     @torch.no_grad()
     def __call__(self, network, protocol, context) -> torch.Tensor:
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.seed)
         probabilities = context.probabilities
+        labels = probabilities if self.source == "network" else self.reference_labels(context)
         rounds: list[dict] = []
         last = None
         feature_size = tuple(context.query_features.shape[-2:])
         bank_window = context.banks[0].window if context.banks else 2
         for t in range(self.rounds if self.weight > 0 else 0):
-            seen = perturb_probabilities(probabilities, self.temperature, self.noise_std, generator)
+            seen = perturb_probabilities(
+                labels if t == 0 else probabilities, self.temperature, self.noise_std, generator
+            )
             selection = self.selection.select(seen, context.chunk_of_slice, feature_size, bank_window)
             record = {"round": t + 1, **selection.describe(), "prototypes_added": 0}
             rounds.append(record)
