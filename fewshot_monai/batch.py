@@ -42,6 +42,8 @@ __all__ = [
     "load_supports",
     "fingerprint",
     "case_outputs",
+    "SegmentationWriter",
+    "to_input_geometry",
     "SUMMARY_COLUMNS",
 ]
 
@@ -133,13 +135,37 @@ def fingerprint(support_images: Sequence, support_labels: Sequence, weights: Pat
 
 
 def case_outputs(output: Path, case: str) -> dict[str, Path]:
-    """The files written for ``case`` under ``output``."""
+    """The files ``segment`` writes for ``case`` under ``output``."""
     return {
         "segmentation": output / f"{case}_seg.nii.gz",
         "probabilities": output / f"{case}_prob.nii.gz",
         "report": output / f"{case}.json",
         "overlay": output / f"{case}_qa.png",
     }
+
+
+class SegmentationWriter:
+    """What ``segment`` writes: per case the label map, JSON, QA PNG and optional probabilities.
+
+    A writer names its files (:meth:`outputs`: ``"segmentation"`` is the label map, ``"report"`` the JSON written
+    last, which marks the case done), writes one case (:meth:`write`) and the batch's extra files (:meth:`finish`,
+    rank 0). ``fewshot-monai pseudolabel`` plugs in another (:class:`fewshot_monai.pseudolabel.dataset.NnUNetWriter`).
+    """
+
+    name = "segmentation"
+
+    def recorded(self) -> dict:
+        """The writer's options that change its outputs (part of the fingerprint)."""
+        return {}
+
+    def outputs(self, output: Path, case: str) -> dict[str, Path]:
+        return case_outputs(output, case)
+
+    def write(self, case: dict, result, query: dict, out: dict[str, Path], options, report: dict) -> None:
+        _write_case(case, result, query, out, options, report)
+
+    def finish(self, output: Path, rows: list[dict], organs: Mapping[str, int], options) -> None:
+        """Nothing beyond ``summary.csv``."""
 
 
 def load_supports(images: Sequence, labels: Sequence, intensity: str, series: str | None = None) -> list[dict]:
@@ -296,8 +322,11 @@ def segment_folder(
     support_images: Sequence[str | os.PathLike],
     support_labels: Sequence[str | os.PathLike],
     options: SegmentOptions | Mapping | None = None,
+    writer=None,
 ) -> dict:
     """Segment every volume of ``input`` (a folder, glob or file) from the labelled supports into ``output``.
+
+    ``writer`` decides what is written per case (default :class:`SegmentationWriter`, the ``segment`` outputs).
 
     Returns:
         ``{"cases": [summary rows], "done", "skipped", "failed", "ignored": [paths], "support_seconds",
@@ -312,6 +341,7 @@ def segment_folder(
     from fewshot_monai.data.datasets import find_volumes
 
     options = options if isinstance(options, SegmentOptions) else SegmentOptions(**dict(options or {}))
+    writer = SegmentationWriter() if writer is None else writer
     started = time.perf_counter()
     output = Path(output)
     cases, ignored = find_volumes(input)
@@ -321,10 +351,11 @@ def segment_folder(
     from fewshot_monai.zoo import shipped_weights
 
     weights = Path(options.weights) if options.weights else shipped_weights(options.modality)
-    print_key = fingerprint(support_images, support_labels, weights, {**options.recorded(), "organs": organs})
+    recorded = {**options.recorded(), "organs": organs, writer.name: writer.recorded()}
+    print_key = fingerprint(support_images, support_labels, weights, recorded)
     rank, world = _distributed()
     mine = cases[rank::world]
-    outputs = {case["id"]: case_outputs(output, case["id"]) for case in mine}
+    outputs = {case["id"]: writer.outputs(output, case["id"]) for case in mine}
     todo = [case for case in mine if not _is_done(outputs[case["id"]], print_key)]
     rows = [_row(c, "skipped", "already done with this support, model and options") for c in mine if c not in todo]
     output.mkdir(parents=True, exist_ok=True)
@@ -339,7 +370,7 @@ def segment_folder(
     label = f"segment (rank {rank})" if world > 1 else "segment"
     bar = tqdm(todo, desc=label, unit="case", disable=not options.progress)
     for case in bar:
-        rows.append(_segment_case(case, segmenter, outputs[case["id"]], options, intensity, print_key))
+        rows.append(_segment_case(case, segmenter, outputs[case["id"]], options, intensity, print_key, writer))
         bar.set_postfix(failed=sum(r["status"] == "failed" for r in rows), refresh=False)
     all_rows = _gather(rows, world)
     order = {c["id"]: i for i, c in enumerate(cases)}
@@ -359,6 +390,7 @@ def segment_folder(
         "world_size": world,
     }
     if rank == 0:
+        writer.finish(output, all_rows, organs, options)
         _write_summary(output / "summary.csv", all_rows)
     return summary
 
@@ -391,7 +423,7 @@ def _prepare(supports, organs, weights, options: SegmentOptions, output: Path):
     return segmenter, seconds
 
 
-def _segment_case(case: dict, segmenter, out: dict[str, Path], options: SegmentOptions, intensity, print_key) -> dict:
+def _segment_case(case: dict, segmenter, out: dict[str, Path], options, intensity, print_key, writer) -> dict:
     """Segment and write one case; any failure becomes a ``failed`` row with its reason (the batch goes on)."""
     from fewshot_monai.data.io import find_input_error, load_case
 
@@ -400,7 +432,7 @@ def _segment_case(case: dict, segmenter, out: dict[str, Path], options: SegmentO
         query = load_case(case["image"], intensity=intensity, case_id=case["id"], series=options.series)
         result = segmenter(query["image"])
         report = _case_report(case, result, query["image"], time.perf_counter() - start, print_key)
-        _write_case(case, result, query, out, options, report)
+        writer.write(case, result, query, out, options, report)
     except Exception as err:  # one bad case must not stop the batch
         input_error = find_input_error(err)
         reason = str(input_error) if input_error is not None else f"{type(err).__name__}: {err}"
@@ -430,13 +462,14 @@ def run_segmentation(
     support_images: Sequence[str | os.PathLike],
     support_labels: Sequence[str | os.PathLike],
     options: SegmentOptions | Mapping | None = None,
+    writer=None,
 ) -> int:
     """:func:`segment_folder` as a command: bad input before any work is one logged line and exit code 2; the
     report is printed (rank 0); 1 when some cases failed, else 0. The CLI and the bundle's ``inference.yaml``."""
     from fewshot_monai.errors import FewShotError
 
     try:
-        summary = segment_folder(input, output, support_images, support_labels, options)
+        summary = segment_folder(input, output, support_images, support_labels, options, writer)
     except (FewShotError, ValueError) as err:
         logger.error("nothing segmented: %s", err)
         return 2

@@ -171,3 +171,30 @@ def test_two_ranks_write_each_case_once_with_masks_identical_to_one_process(stud
         assert np.array_equal(a, b)
     written = sorted(p.name for p in multi.iterdir() if p.name.endswith("_seg.nii.gz"))
     assert written == ["nifti_case_seg.nii.gz", "nrrd_case_seg.nii.gz"]
+
+
+def test_pseudolabel_writes_an_nnunet_dataset_with_ignore_below_the_confidence(study, tmp_path):
+    out = tmp_path / "Dataset501_Blob"
+    args = ["pseudolabel", *study["support"], "--input", str(study["inputs"]), "--output", str(out), *FAST]
+    assert main([*args, "--min-confidence", "0.9"]) == 1  # the corrupt file fails, the others are labelled
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["labels"] == {"background": 0, "blob": 1, "ignore": 2}
+    assert dataset["file_ending"] == ".nii.gz" and dataset["channel_names"] == {"0": "MRI"}
+    images = sorted(p.name for p in (out / "imagesTr").iterdir())
+    labels = sorted(p.name for p in (out / "labelsTr").iterdir())
+    assert images == ["nifti_case_0000.nii.gz", "nrrd_case_0000.nii.gz"] and dataset["numTraining"] == 2
+    assert labels == ["nifti_case.nii.gz", "nrrd_case.nii.gz"]
+    raw = load_volume(study["inputs"] / "nrrd_case.nrrd", orientation=None)  # the file's own intensities and grid
+    copied = load_volume(out / "imagesTr" / "nrrd_case_0000.nii.gz", orientation=None)
+    assert torch.equal(copied.as_tensor(), raw.as_tensor())
+    label = np.asarray(nib.load(out / "labelsTr" / "nrrd_case.nii.gz").dataobj)
+    confidence = np.asarray(nib.load(out / "confidence" / "nrrd_case.nii.gz").dataobj)
+    truth = load_volume(study["truths"] / "nrrd_case_label.nrrd", is_label=True, orientation=None)[0].numpy()
+    assert set(np.unique(label)) <= {0, 1, 2} and (label == 2).any()
+    assert (confidence[label == 2] < 0.9).all() and (confidence[label != 2] >= 0.9).all()
+    kept = label != 2
+    assert dice_score((label == 1) & kept, (truth == 1) & kept) > 0.85  # the kept pseudo-labels are accurate
+    report = json.loads((out / "reports" / "nrrd_case.json").read_text())
+    assert 0.5 < report["kept_fraction"] < 1.0 and report["labels"]["ignore"] == 2
+    assert main([*args, "--min-confidence", "0"]) == 1  # another filter: redone, nothing ignored
+    assert not (np.asarray(nib.load(out / "labelsTr" / "nrrd_case.nii.gz").dataobj) == 2).any()

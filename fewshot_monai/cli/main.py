@@ -18,6 +18,7 @@ __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 #: sub-command name -> (module of this package that implements it, one line of help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("segment", "segment a folder of studies from one or a few labelled supports"),
+    "pseudolabel": ("pseudolabel", "label a folder of unlabelled volumes from one example, as an nnU-Net v2 dataset"),
     "superpixels": ("superpixels", "cache superpixel pseudo-labels of unlabelled scans (for self-supervised training)"),
     "train": ("train", "self-supervised training of ALPNet on superpixel episodes"),
     "demo": ("demo", "segment a synthetic query phantom from a synthetic support phantom"),

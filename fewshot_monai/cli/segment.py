@@ -35,32 +35,38 @@ def add_parser(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_batch_arguments(parser)
+    parser.add_argument("--save-probabilities", action="store_true", help="also write <case>_prob.nii.gz")
+    parser.add_argument("--no-overlay", action="store_true", help="do not write <case>_qa.png")
+    parser.set_defaults(run=run)
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that segments a folder from labelled supports (``segment``, ``pseudolabel``)."""
     parser.add_argument("--support-image", action="append", required=True, help="support volume (repeat: k-shot)")
     parser.add_argument("--support-label", action="append", required=True, help="its label map (repeat, same order)")
     parser.add_argument(
         "--organs", type=name_ids, default=None, help="name=id,... (default: every label of the support)"
     )
-    parser.add_argument("--input", required=True, help="folder, glob or file of the studies to segment")
+    parser.add_argument("--input", required=True, help="folder, glob or file of the studies")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--modality", choices=("mri", "ct"), default="mri", help="shipped model and intensity preset")
     parser.add_argument("--weights", default=None, help="ALPNet weights (.pt) instead of the shipped model")
     parser.add_argument("--intensity", choices=("mri", "ct", "preprocessed"), default=None, help="default: --modality")
-    parser.add_argument("--pseudo-label", default="window", help="window (default), slice or none")
+    parser.add_argument("--pseudo-label", default="window", help="window (default), slice, reference or none")
     parser.add_argument(
         "--adapt-iterations", type=int, default=300, help="support adaptation, once per batch (default 300; 0: off)"
     )
     parser.add_argument("--adapt-cache", default=None, help="where adapted networks are kept (default <output>/.cache)")
-    parser.add_argument("--save-probabilities", action="store_true", help="also write <case>_prob.nii.gz")
-    parser.add_argument("--no-overlay", action="store_true", help="do not write <case>_qa.png")
     parser.add_argument("--series", default=None, help="DICOM series to read from a folder holding several")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from fewshot_monai.batch import SegmentOptions, run_segmentation
+def batch_options(args: argparse.Namespace):
+    """The :class:`~fewshot_monai.batch.SegmentOptions` of the parsed batch arguments."""
+    from fewshot_monai.batch import SegmentOptions
 
-    options = SegmentOptions(
+    return SegmentOptions(
         organs=args.organs,
         weights=args.weights,
         modality=args.modality,
@@ -68,9 +74,14 @@ def run(args: argparse.Namespace) -> int:
         pseudo_label=args.pseudo_label,
         adapt_iterations=args.adapt_iterations,
         adapt_cache=args.adapt_cache,
-        save_probabilities=args.save_probabilities,
-        overlays=not args.no_overlay,
+        save_probabilities=getattr(args, "save_probabilities", False),
+        overlays=not getattr(args, "no_overlay", True),
         series=args.series,
         progress=not args.no_progress,
     )
-    return run_segmentation(args.input, args.output, args.support_image, args.support_label, options)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fewshot_monai.batch import run_segmentation
+
+    return run_segmentation(args.input, args.output, args.support_image, args.support_label, batch_options(args))
