@@ -62,7 +62,9 @@ class SegmentOptions:
         weights: ALPNet weights file; None: the shipped model of ``modality``.
         modality: ``mri`` or ``ct``: the shipped model and the intensity preset used when not given.
         intensity: intensity preset of supports and queries (``mri``, ``ct``, ``preprocessed``); None: ``modality``.
-        pseudo_label: inference-time pseudo-labelling strategy (``window``, ``slice``, ``none``).
+        pseudo_label: inference-time pseudo-labelling strategy (``window``, ``slice``, ``reference``, ``none``).
+        min_agreement: the pseudo-labelling stage steps aside for an organ when its prediction overlaps the plain
+            one with a Dice below this (0.5, part of the method chosen in docs/accuracy.md; 0: never).
         adapt_iterations: support adaptation iterations, once per batch (0: none); its network is cached in
             ``adapt_cache`` (default ``<output>/.cache``).
         save_probabilities: also write ``<case>_prob.nii.gz``.
@@ -70,6 +72,7 @@ class SegmentOptions:
         series: the DICOM series to read from a folder holding several.
         n_chunks, spatial_size: the few-shot protocol's options.
         progress: show a progress bar.
+        extra: further :class:`~fewshot_monai.inferers.FewShotSegmenter` options (``min_agreement``, ...).
     """
 
     organs: dict[str, int] | None = None
@@ -77,6 +80,7 @@ class SegmentOptions:
     modality: str = "mri"
     intensity: str | None = None
     pseudo_label: str = "window"
+    min_agreement: float = 0.5
     adapt_iterations: int = 300
     adapt_cache: str | None = None
     save_probabilities: bool = False
@@ -101,12 +105,14 @@ class SegmentOptions:
             "organs": self.organs,
             "intensity": self.intensity or self.modality,
             "pseudo_label": self.pseudo_label,
+            "min_agreement": float(self.min_agreement),
             "adapt_iterations": int(self.adapt_iterations),
             "n_chunks": int(self.n_chunks),
             "spatial_size": int(self.spatial_size),
             "series": self.series,
             "save_probabilities": bool(self.save_probabilities),
             "overlays": bool(self.overlays),
+            "extra": dict(self.extra),
         }
 
 
@@ -413,6 +419,7 @@ def _prepare(supports, organs, weights, options: SegmentOptions, output: Path):
         n_chunks=options.n_chunks,
         spatial_size=options.spatial_size,
         pseudo_label=get_pseudo_label(options.pseudo_label),
+        min_agreement=float(options.min_agreement),
         adaptation=adaptation,
         adapt_cache=options.adapt_cache or str(output / ".cache"),
         progress=options.progress,

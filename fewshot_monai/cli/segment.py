@@ -55,6 +55,12 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intensity", choices=("mri", "ct", "preprocessed"), default=None, help="default: --modality")
     parser.add_argument("--pseudo-label", default="window", help="window (default), slice, reference or none")
     parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.5,
+        help="pseudo-labelling steps aside where it moves an organ (Dice with the plain one below this; default 0.5)",
+    )
+    parser.add_argument(
         "--adapt-iterations", type=int, default=300, help="support adaptation, once per batch (default 300; 0: off)"
     )
     parser.add_argument("--adapt-cache", default=None, help="where adapted networks are kept (default <output>/.cache)")
@@ -72,6 +78,7 @@ def batch_options(args: argparse.Namespace):
         modality=args.modality,
         intensity=args.intensity,
         pseudo_label=args.pseudo_label,
+        min_agreement=args.min_agreement,
         adapt_iterations=args.adapt_iterations,
         adapt_cache=args.adapt_cache,
         save_probabilities=getattr(args, "save_probabilities", False),
