@@ -41,7 +41,6 @@ __all__ = [
     "report_lines",
     "load_supports",
     "fingerprint",
-    "case_outputs",
     "SegmentationWriter",
     "to_input_geometry",
     "SUMMARY_COLUMNS",
@@ -140,16 +139,6 @@ def fingerprint(support_images: Sequence, support_labels: Sequence, weights: Pat
     return digest.hexdigest()[:16]
 
 
-def case_outputs(output: Path, case: str) -> dict[str, Path]:
-    """The files ``segment`` writes for ``case`` under ``output``."""
-    return {
-        "segmentation": output / f"{case}_seg.nii.gz",
-        "probabilities": output / f"{case}_prob.nii.gz",
-        "report": output / f"{case}.json",
-        "overlay": output / f"{case}_qa.png",
-    }
-
-
 class SegmentationWriter:
     """What ``segment`` writes: per case the label map, JSON, QA PNG and optional probabilities.
 
@@ -165,10 +154,16 @@ class SegmentationWriter:
         return {}
 
     def outputs(self, output: Path, case: str) -> dict[str, Path]:
-        return case_outputs(output, case)
+        return {
+            "segmentation": output / f"{case}_seg.nii.gz",
+            "probabilities": output / f"{case}_prob.nii.gz",
+            "report": output / f"{case}.json",
+            "overlay": output / f"{case}_qa.png",
+        }
 
-    def write(self, case: dict, result, query: dict, out: dict[str, Path], options, report: dict) -> None:
-        _write_case(case, result, query, out, options, report)
+    def write(self, case: dict, result, labels, query: dict, out: dict[str, Path], options, report: dict) -> None:
+        """``labels``: the case's merged label map (``result.label_map()``), computed once by the caller."""
+        _write_case(case, result, labels, query, out, options, report)
 
     def finish(self, output: Path, rows: list[dict], organs: Mapping[str, int], options) -> None:
         """Nothing beyond ``summary.csv``."""
@@ -215,12 +210,11 @@ def _save(array: torch.Tensor, affine: np.ndarray, path: Path, is_label: bool) -
     save_volume(MetaTensor(array, affine=torch.as_tensor(affine)), path, is_label=is_label)
 
 
-def _case_report(case: dict, result, query, seconds: float, print_key: str) -> dict:
-    """The JSON of one case: per organ volume, confidence, z-range, seconds."""
+def _case_report(case: dict, result, labels, query, seconds: float, print_key: str) -> dict:
+    """The JSON of one case: per organ volume, confidence, z-range, seconds (``labels``: its merged label map)."""
     from monai.data.utils import affine_to_spacing
 
     voxel_ml = float(np.prod(affine_to_spacing(query.affine, r=3).numpy())) / 1000.0
-    labels = result.label_map()
     organs = {}
     for name, organ in result.organs.items():
         inside = labels == result.label_ids[name]
@@ -245,12 +239,11 @@ def _case_report(case: dict, result, query, seconds: float, print_key: str) -> d
     }
 
 
-def _write_case(case: dict, result, query, out: dict[str, Path], options: SegmentOptions, report: dict) -> None:
+def _write_case(case: dict, result, labels, query, out: dict[str, Path], options: SegmentOptions, report: dict) -> None:
     """All outputs of one case, each atomically; the JSON last (it marks the case as done)."""
     from fewshot_monai.utils.files import atomic_write
     from fewshot_monai.utils.plotting import save_three_plane_png
 
-    labels = result.label_map()
     seg, affine = to_input_geometry(labels[None].to(torch.int16), query["image"])
     _save(seg, affine, out["segmentation"], is_label=True)
     if options.save_probabilities:
@@ -438,8 +431,9 @@ def _segment_case(case: dict, segmenter, out: dict[str, Path], options, intensit
     try:
         query = load_case(case["image"], intensity=intensity, case_id=case["id"], series=options.series)
         result = segmenter(query["image"])
-        report = _case_report(case, result, query["image"], time.perf_counter() - start, print_key)
-        writer.write(case, result, query, out, options, report)
+        labels = result.label_map()
+        report = _case_report(case, result, labels, query["image"], time.perf_counter() - start, print_key)
+        writer.write(case, result, labels, query, out, options, report)
     except Exception as err:  # one bad case must not stop the batch
         input_error = find_input_error(err)
         reason = str(input_error) if input_error is not None else f"{type(err).__name__}: {err}"

@@ -56,10 +56,6 @@ class SupportSet:
     def n_chunks(self) -> int:
         return len(self.images)
 
-    def all_slices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every support slice of every chunk, stacked: the k-shot support of the range-estimation pass."""
-        return torch.cat(self.images), torch.cat(self.masks)
-
 
 @dataclass
 class PreparedSupport:

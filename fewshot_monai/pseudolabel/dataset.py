@@ -28,12 +28,12 @@ import torch
 __all__ = ["NnUNetWriter", "confidence_map"]
 
 
-def confidence_map(result) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(labels, confidence)`` of a :class:`~fewshot_monai.inferers.Segmentation`: the merged label map (support
-    ids) and, per voxel, the probability of the class it was given."""
-    labels = result.label_map()  # the most probable organ above 0.5 wins a voxel, so its probability is the maximum
+def confidence_map(result, labels: torch.Tensor) -> torch.Tensor:
+    """Per voxel, the probability of the class ``labels`` (``result.label_map()``) gave it: the most probable organ
+    above 0.5 wins a voxel, so an organ voxel's confidence is the largest organ probability, and a background
+    voxel's is one minus it."""
     best = torch.stack([o.probability.float() for o in result.organs.values()]).amax(dim=0)
-    return labels, torch.where(labels > 0, best, 1.0 - best)
+    return torch.where(labels > 0, best, 1.0 - best)
 
 
 @dataclass
@@ -64,12 +64,12 @@ class NnUNetWriter:
             "report": output / "reports" / f"{case}.json",
         }
 
-    def write(self, case: dict, result, query: dict, out: dict[str, Path], options, report: dict) -> None:
+    def write(self, case: dict, result, labels, query: dict, out: dict[str, Path], options, report: dict) -> None:
         from fewshot_monai.batch import to_input_geometry
         from fewshot_monai.data.io import load_volume, save_volume
         from fewshot_monai.utils.files import atomic_write
 
-        labels, confidence = confidence_map(result)
+        confidence = confidence_map(result, labels)
         order = {result.label_ids[name]: k + 1 for k, name in enumerate(result.organs)}  # support id -> 1..N
         train = torch.zeros_like(labels, dtype=torch.int16)
         for support_id, index in order.items():
