@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy ablation of docs/accuracy.md on one fold (choices are made on fold 0): each variant is one
 # `fewshot-monai evaluate` run of the fold's queries, scored plain and with `window` pseudo-labelling in the same run
-# (the variant `reference` uses reference-guided pseudo-labels instead of `window`).
+# (the variants `reference` and `self` use reference-guided pseudo-labels or query self-support instead of `window`).
 # Usage: benchmarks/ablation.sh chaos|sabs FOLD PROTOCOL VARIANT... (variants below, joined with +: base prior1+adapt600)
 # Needs runs/models_<dataset>/fold<k>_setting1.pt (benchmarks/train_fold_models.sh). Adapted networks are cached in
 # runs/adapt_cache, so EP1 and EP2 runs of one variant fine-tune once.
@@ -24,6 +24,7 @@ declare -A VARIANT=(
   [adapt600head]="--adapt-iterations 600 --adapt-option freeze=backbone"
   [adapt1200]="--adapt-iterations 1200"
   [reference]="--pseudo-label reference"
+  [self]="--pseudo-label self"
 )
 for variant in "$@"; do
   args=""

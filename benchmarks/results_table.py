@@ -25,6 +25,8 @@ ROWS = [
     ("CHAOS T2-SPIR MRI, EP2 (no organ range)", "chaos_ep2", None),
     ("SABS CT, EP1", "sabs_ep1", 73.35),
     ("SABS CT, EP2 (no organ range)", "sabs_ep2", None),
+    ("CHAOS T2-SPIR MRI, EP1, setting 2 (test organs unseen in training)", "chaos_s2_ep1", 73.02),
+    ("SABS CT, EP1, setting 2 (test organs unseen in training)", "sabs_s2_ep1", 63.02),
 ]
 
 

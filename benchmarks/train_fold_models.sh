@@ -16,7 +16,7 @@ for fold in "${folds[@]}"; do
   out="runs/${dataset}_s${setting}_fold${fold}"
   args=(--config "${CONFIG[$dataset]}" --fold "$fold" --out "$out" --no-progress)
   [ "$setting" = "2" ] && args+=(--set "data.exclude_labels=${LABELS[$dataset]}")
-  [ -d "$out/checkpoints" ] && args+=(--resume)
+  [ -n "$(ls -A "$out/checkpoints" 2>/dev/null)" ] && args+=(--resume)   # a run that died before its first checkpoint starts over
   fewshot-monai train "${args[@]}" "${extra[@]}"
   cp "$out/model.pt" "runs/models_${dataset}/fold${fold}_setting${setting}.pt"
 done

@@ -13,6 +13,7 @@ from fewshot_monai.evaluation.metrics import dice_score
 from fewshot_monai.inferers import FewShotContext, FewShotSegmenter, FewShotSliceProtocol, FewShotVolumeInferer
 from fewshot_monai.networks import PrototypeBank
 from fewshot_monai.pseudolabel import (
+    SelfSupport,
     SliceSelection,
     SupportExpansion,
     WindowSelection,
@@ -195,6 +196,26 @@ def test_registry_builds_stages_from_names_and_options():
     assert get_pseudo_label("none") is None
     with pytest.raises(ValueError, match="unknown option.*'tau'.*valid:"):
         get_pseudo_label("slice", tau=1)
+
+
+def test_self_support_refines_each_slice_from_its_own_confident_core_only():
+    ctx = _toy_context()
+    out = SelfSupport(threshold=0.9)(_Scorer(), FewShotSliceProtocol(n_chunks=1), ctx)
+    diag = ctx.diagnostics["pseudo_label"]
+    assert diag["strategy"] == "self" and diag["n_slices"] > 0 and diag["prototypes_added"] > 0
+    truth = torch.zeros(10, 8, 8, dtype=torch.bool)
+    truth[2:8, :4, :4] = True
+    assert dice_score(out[:, 1] > 0.5, truth) >= dice_score(ctx.probabilities[:, 1] > 0.5, truth)
+    assert torch.equal(out[:2], ctx.probabilities[:2]) and torch.equal(out[8:], ctx.probabilities[8:])
+    assert ctx.banks[0].tags == ["support"]  # the support's banks are never modified
+    # no slice has a confident core: nothing to describe the organ with, the plain prediction comes back exactly
+    ctx = _toy_context()
+    ctx.probabilities = torch.full_like(ctx.probabilities, 0.5)
+    assert torch.equal(SelfSupport()(_Scorer(), FewShotSliceProtocol(n_chunks=1), ctx), ctx.probabilities)
+    assert ctx.diagnostics["pseudo_label"]["n_slices"] == 0
+    assert isinstance(get_pseudo_label("self", threshold=0.95), SelfSupport)
+    with pytest.raises(ValueError, match="threshold"):
+        SelfSupport(threshold=1.0)
 
 
 # ------------------------------------------------------------------------------------------------ on phantoms

@@ -4,6 +4,7 @@ and the registry of named strategies."""
 from .confidence import CONFIDENCE_MEASURES, perturb_probabilities, pixel_confidence, region_confidence
 from .registry import available_pseudo_labels, get_pseudo_label, register_pseudo_label, support_expansion_factory
 from .selection import PseudoSlice, Selection, SliceSelection, WindowSelection
+from .self_support import SELF_TAG, SelfSupport
 from .stage import PSEUDO_TAG, SupportExpansion
 
 register_pseudo_label("slice", support_expansion_factory(SliceSelection), overwrite=True)
@@ -13,6 +14,7 @@ register_pseudo_label(
     lambda **options: support_expansion_factory(WindowSelection)(**{"source": "reference", **options}),
     overwrite=True,
 )
+register_pseudo_label("self", SelfSupport, overwrite=True)
 
 __all__ = [
     "CONFIDENCE_MEASURES",
@@ -25,6 +27,8 @@ __all__ = [
     "WindowSelection",
     "SupportExpansion",
     "PSEUDO_TAG",
+    "SelfSupport",
+    "SELF_TAG",
     "register_pseudo_label",
     "get_pseudo_label",
     "available_pseudo_labels",
