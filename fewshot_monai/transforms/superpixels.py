@@ -184,7 +184,8 @@ class Superpixels(Transform):
 
     Shapes:
         input ``(1, X, Y, Z)`` intensity-preset image (axis -1 the slice axis: RAS for axial scans); output
-        ``(1, X, Y, Z)`` int32 labels, 0 outside the body, ``1..n`` per slice. A ``MetaTensor`` input gives a ``MetaTensor`` with its meta/affine.
+        ``(1, X, Y, Z)`` int32 labels, 0 outside the body, ``1..n`` per slice. A ``MetaTensor`` input gives a
+        ``MetaTensor`` with its meta/affine.
 
     Example::
 
