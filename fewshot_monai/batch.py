@@ -268,8 +268,11 @@ def _save(array: torch.Tensor, affine: np.ndarray, path: Path, is_label: bool) -
 
 
 def _case_report(case: dict, result, labels, query, seconds: float, print_key: str) -> dict:
-    """The JSON of one case: per organ volume, confidence, z-range, seconds (``labels``: its merged label map)."""
+    """The JSON of one case: per organ volume, confidence, z-range, seconds (``labels``: its merged label map), and
+    the plane the case was cut in."""
     from monai.data.utils import affine_to_spacing
+
+    from fewshot_monai.transforms.plane import plane_of
 
     voxel_ml = float(np.prod(affine_to_spacing(query.affine, r=3).numpy())) / 1000.0
     organs = {}
@@ -292,6 +295,7 @@ def _case_report(case: dict, result, labels, query, seconds: float, print_key: s
         "status": "done",
         "seconds": round(seconds, 2),
         "organs": organs,
+        "plane": plane_of(query),
         "z_range_note": z_range_note(query),
     }
 

@@ -241,6 +241,7 @@ def test_a_sagittal_copy_segments_like_the_axial_original(phantoms, tmp_path, ca
     assert axial_dice["liver"] > 0.6
     for organ in axial_dice:
         assert sag_dice[organ] == pytest.approx(axial_dice[organ], abs=0.01), (axial_dice, sag_dice)
+    assert (axial_report["plane"], sag_report["plane"]) == ("axial", "sagittal")
     assert "axial slice" in axial_report["z_range_note"] and "RAS" in axial_report["z_range_note"]
     assert "sagittal plane" in sag_report["z_range_note"] and "axial" not in sag_report["z_range_note"]
     # an axial support with the sagittal query: the query is resampled into the support's plane (one log line) and
