@@ -330,8 +330,9 @@ def _write_case(case: dict, result, labels, query, out: dict[str, Path], options
         from monai.transforms import Orientation
 
         # shown in RAS whatever the slicing plane, so the three panels are the anatomical planes
-        organ_masks = [labels == i for i in result.label_ids.values()]
-        stacked = torch.stack([query["image"][0].as_tensor().float(), *[m.float() for m in organ_masks]])
+        plain = labels.as_tensor() if isinstance(labels, MetaTensor) else torch.as_tensor(labels)
+        organ_masks = [(plain == i).float() for i in result.label_ids.values()]
+        stacked = torch.stack([query["image"][0].as_tensor().float(), *organ_masks])
         ras = Orientation(axcodes="RAS", labels=None)(MetaTensor(stacked.float(), affine=query["image"].affine))
         masks = {name: ras[k + 1].numpy() > 0.5 for k, name in enumerate(result.organs)}
         spacing = affine_to_spacing(ras.affine, r=3).tolist()
