@@ -254,3 +254,23 @@ def test_a_sagittal_copy_segments_like_the_axial_original(phantoms, tmp_path, ca
     resampled = [r.getMessage() for r in caplog.records if "resampled into the axial plane" in r.getMessage()]
     assert len(resampled) == 1 and "query cut in the sagittal plane" in resampled[0]
     _dice(mixed_seg, files["sagittal", "query"][1])  # the grid checks
+
+
+def test_cached_superpixels_are_redone_when_the_plane_changes(tmp_path):
+    """The superpixel cache holds the slices of the plane they were computed in: a cube loaded in another plane has
+    the same shape but not the same slices, so its superpixels are computed again."""
+    from fewshot_monai.data.episodes import SuperpixelCache
+    from fewshot_monai.transforms.superpixels import SuperpixelParams
+
+    p = make_phantom(seed=2, modality="mri", shape=(32, 32, 32), spacing=(2.0, 2.0, 2.0))
+    path = _write(tmp_path / "cube.nii.gz", p.image.astype(np.float32), p.affine)
+    cache = SuperpixelCache(tmp_path / "cache")
+    params = SuperpixelParams(min_size=20)
+    axial = load_case(path, intensity="mri")["image"]
+    first = cache.get(path, params, "mri", axial)
+    assert torch.equal(cache.get(path, params, "mri", axial).as_tensor(), first.as_tensor())  # reused as stored
+    coronal = load_case(path, intensity="mri", plane="coronal")["image"]
+    assert coronal.shape == axial.shape and plane_of(coronal) == "coronal"
+    again = cache.get(path, params, "mri", coronal)
+    assert torch.equal(again.affine.float(), coronal.affine.float())  # recomputed on the coronal slices
+    assert torch.equal(cache.load(path).affine.float(), coronal.affine.float())
