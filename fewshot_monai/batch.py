@@ -6,13 +6,16 @@ adaptation, encoding) and segments every case, writing per case, atomically and 
 
 - ``<case>_seg.nii.gz``: one label map of all organs, in the input's own voxel grid and orientation;
 - ``<case>_prob.nii.gz`` (optional): the foreground probability of each organ, one channel per organ;
-- ``<case>.json``: per organ the volume in ml, mean confidence, z-range and seconds, plus the case's fingerprint;
+- ``<case>.json``: per organ the volume in ml, mean confidence, slice range and seconds, plus the case's fingerprint;
 - ``<case>_qa.png``: axial, coronal and sagittal planes with the organ contours;
 
-and ``summary.csv`` for the batch. A case whose JSON carries the same fingerprint (support files, weights and
-options) is skipped on a re-run; one done with another support, model or options is redone. A case that fails is
-listed with its reason and the batch goes on. Under ``torchrun`` the cases are sharded across the ranks (each case
-is written by exactly one) and rank 0 writes the summary.
+and ``summary.csv`` for the batch. Every volume is cut in its slicing plane (``plane``, default its acquisition
+plane: :mod:`fewshot_monai.transforms.plane`); a query in another plane than the support is resampled into the
+support's plane (one log line) and its outputs are resampled back onto its own grid. A case whose JSON carries
+the same fingerprint (support files, weights and options) is skipped on a re-run; one done with another support,
+model or options is redone. A case that fails is listed with its reason and the batch goes on. Under
+``torchrun`` the cases are sharded across the ranks (each case is written by exactly one) and rank 0 writes the
+summary.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ __all__ = [
     "fingerprint",
     "SegmentationWriter",
     "to_input_geometry",
+    "match_plane",
+    "z_range_note",
     "SUMMARY_COLUMNS",
 ]
 
@@ -69,6 +74,8 @@ class SegmentOptions:
         save_probabilities: also write ``<case>_prob.nii.gz``.
         overlays: write ``<case>_qa.png``.
         series: the DICOM series to read from a folder holding several.
+        plane: the slicing plane of supports and queries (``auto``: each volume's acquisition plane; ``stored``,
+            ``axial``, ``coronal``, ``sagittal``: see :mod:`fewshot_monai.transforms.plane`).
         n_chunks, spatial_size: the few-shot protocol's options.
         progress: show a progress bar.
         extra: further :class:`~fewshot_monai.inferers.FewShotSegmenter` options (``min_agreement``, ...).
@@ -85,6 +92,7 @@ class SegmentOptions:
     save_probabilities: bool = False
     overlays: bool = True
     series: str | None = None
+    plane: str = "auto"
     n_chunks: int = 3
     spatial_size: int = 256
     progress: bool = True
@@ -97,6 +105,9 @@ class SegmentOptions:
                 if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(f"{name} must be true or false, got {value!r}")
                 setattr(self, name, value.strip().lower() in ("true", "1", "yes"))
+        from fewshot_monai.transforms.plane import check_plane
+
+        self.plane = check_plane(self.plane)
 
     def recorded(self) -> dict:
         """The options that change a case's outputs (part of its fingerprint)."""
@@ -112,6 +123,7 @@ class SegmentOptions:
             "save_probabilities": bool(self.save_probabilities),
             "overlays": bool(self.overlays),
             "extra": dict(self.extra),
+            **({"plane": self.plane} if self.plane != "auto" else {}),  # absent: fingerprints from before planes hold
         }
 
 
@@ -169,13 +181,47 @@ class SegmentationWriter:
         """Nothing beyond ``summary.csv``."""
 
 
-def load_supports(images: Sequence, labels: Sequence, intensity: str, series: str | None = None) -> list[dict]:
-    """Load the support cases (image + label, validated, same grid); InputError names the bad file."""
+def load_supports(
+    images: Sequence, labels: Sequence, intensity: str, series: str | None = None, plane: str = "auto"
+) -> list[dict]:
+    """Load the support cases (image + label, validated, same grid) in their slicing ``plane``; supports cut in
+    another plane than the first are resampled into it (one log line each). InputError names the bad file."""
     from fewshot_monai.data.io import load_case
 
     if not images or len(images) != len(labels):
         raise InputError(None, f"give one --support-label per --support-image (got {len(images)} and {len(labels)})")
-    return [load_case(i, lb, intensity=intensity, series=series) for i, lb in zip(images, labels)]
+    supports = [load_case(i, lb, intensity=intensity, series=series, plane=plane) for i, lb in zip(images, labels)]
+    for support in supports[1:]:
+        support.update(match_plane(support, supports[0]["image"], "support"))
+    return supports
+
+
+def match_plane(case: dict, reference, role: str = "query") -> dict:
+    """``case``'s ``image`` (and ``label``, if any) in the plane of ``reference`` (a loaded support image): unchanged
+    when already cut in that plane, else resampled into it (:func:`~fewshot_monai.transforms.plane.to_plane`: square
+    in-plane pixels, the reference's slice spacing) with one log line."""
+    from fewshot_monai.transforms.plane import plane_of, to_plane
+    from fewshot_monai.transforms.slicing import slice_spacing
+    from fewshot_monai.transforms.validation import source_of
+
+    own, target = plane_of(case["image"]), plane_of(reference)
+    if own == target:
+        return dict(case)
+    logger.info(
+        "%s: %s cut in the %s plane, the support in the %s plane: %s resampled into the %s plane",
+        source_of(case["image"], "volume"),
+        role,
+        own,
+        target,
+        role,
+        target,
+    )
+    out = dict(case)
+    spacing = slice_spacing(reference)
+    out["image"] = to_plane(case["image"], target, spacing)
+    if case.get("label") is not None:
+        out["label"] = to_plane(case["label"], target, spacing, mode="nearest")
+    return out
 
 
 def _default_organs(label) -> dict[str, int]:
@@ -189,17 +235,28 @@ def _default_organs(label) -> dict[str, int]:
 
 
 def to_input_geometry(volume: torch.Tensor, reference) -> tuple[torch.Tensor, np.ndarray]:
-    """``(C, X, Y, Z)`` data in the loaded (RAS) orientation of ``reference`` -> the input file's own voxel order,
-    with the input's affine (the loader's reorientation undone)."""
+    """``(C, X, Y, Z)`` data on the loaded grid of ``reference`` -> the input file's own voxel grid and order, with
+    the input's affine: the loader's reorientation (to the slicing plane) undone exactly; a query resampled into
+    the support's plane (:func:`match_plane`) is resampled back (nearest for integer data, else bilinear)."""
     import nibabel as nib
     from monai.data import MetaTensor
-    from monai.transforms import Orientation
+    from monai.transforms import Orientation, SpatialResample
 
     original = np.asarray(reference.meta.get("original_affine", reference.affine), dtype=np.float64)
     codes = "".join(nib.aff2axcodes(original))
     plain = volume.as_tensor() if isinstance(volume, MetaTensor) else torch.as_tensor(volume)
     oriented = Orientation(axcodes=codes, labels=None)(MetaTensor(plain, affine=reference.affine))
-    return oriented.as_tensor(), np.asarray(oriented.affine, dtype=np.float64)
+    shape = reference.meta.get("spatial_shape")
+    shape = None if shape is None else tuple(int(s) for s in np.asarray(shape).reshape(-1)[:3])
+    affine = np.asarray(oriented.affine, dtype=np.float64)
+    if shape is None or (tuple(oriented.shape[1:]) == shape and np.allclose(affine, original, atol=1e-3)):
+        return oriented.as_tensor(), affine
+    mode = "bilinear" if plain.is_floating_point() else "nearest"
+    back = SpatialResample(mode=mode, padding_mode="zeros", dtype=torch.float32)(
+        oriented.float(), dst_affine=torch.as_tensor(original), spatial_size=shape
+    )
+    back = back.as_tensor()
+    return (back if plain.is_floating_point() else torch.round(back).to(plain.dtype)), original
 
 
 def _save(array: torch.Tensor, affine: np.ndarray, path: Path, is_label: bool) -> None:
@@ -211,8 +268,11 @@ def _save(array: torch.Tensor, affine: np.ndarray, path: Path, is_label: bool) -
 
 
 def _case_report(case: dict, result, labels, query, seconds: float, print_key: str) -> dict:
-    """The JSON of one case: per organ volume, confidence, z-range, seconds (``labels``: its merged label map)."""
+    """The JSON of one case: per organ volume, confidence, z-range, seconds (``labels``: its merged label map), and
+    the plane the case was cut in."""
     from monai.data.utils import affine_to_spacing
+
+    from fewshot_monai.transforms.plane import plane_of
 
     voxel_ml = float(np.prod(affine_to_spacing(query.affine, r=3).numpy())) / 1000.0
     organs = {}
@@ -235,8 +295,21 @@ def _case_report(case: dict, result, labels, query, seconds: float, print_key: s
         "status": "done",
         "seconds": round(seconds, 2),
         "organs": organs,
-        "z_range_note": "inclusive axial slice indices of the input reoriented to RAS (slice 0 = most inferior)",
+        "plane": plane_of(query),
+        "z_range_note": z_range_note(query),
     }
+
+
+def z_range_note(query) -> str:
+    """What the ``z_range`` of a case's JSON counts: slices of the query as cut (its plane and axis codes)."""
+    import nibabel as nib
+
+    from fewshot_monai.transforms.plane import plane_of
+
+    codes = "".join(nib.aff2axcodes(np.asarray(query.affine, dtype=np.float64)))
+    first = {"S": "inferior", "A": "posterior", "R": "left"}[codes[2]]
+    kind = "axial slice" if plane_of(query) == "axial" else f"slice ({plane_of(query)} plane)"
+    return f"inclusive {kind} indices of the input reoriented to {codes} (slice 0 = most {first})"
 
 
 def _write_case(case: dict, result, labels, query, out: dict[str, Path], options: SegmentOptions, report: dict) -> None:
@@ -252,11 +325,18 @@ def _write_case(case: dict, result, labels, query, out: dict[str, Path], options
         _save(probs, affine, out["probabilities"], is_label=False)
         report["probability_channels"] = list(result.organs)
     if options.overlays:
+        from monai.data import MetaTensor
         from monai.data.utils import affine_to_spacing
+        from monai.transforms import Orientation
 
-        masks = {name: (labels == result.label_ids[name]).numpy() for name in result.organs}
-        spacing = affine_to_spacing(query["image"].affine, r=3).tolist()
-        save_three_plane_png(out["overlay"], query["image"][0].numpy(), masks, spacing, title=f"{case['id']}")
+        # shown in RAS whatever the slicing plane, so the three panels are the anatomical planes
+        plain = labels.as_tensor() if isinstance(labels, MetaTensor) else torch.as_tensor(labels)
+        organ_masks = [(plain == i).float() for i in result.label_ids.values()]
+        stacked = torch.stack([query["image"][0].as_tensor().float(), *organ_masks])
+        ras = Orientation(axcodes="RAS", labels=None)(MetaTensor(stacked.float(), affine=query["image"].affine))
+        masks = {name: ras[k + 1].numpy() > 0.5 for k, name in enumerate(result.organs)}
+        spacing = affine_to_spacing(ras.affine, r=3).tolist()
+        save_three_plane_png(out["overlay"], ras[0].numpy(), masks, spacing, title=f"{case['id']}")
     report["outputs"] = {k: p.name for k, p in out.items() if p.is_file() and k != "report"}
     with atomic_write(out["report"]) as handle:
         json.dump(report, handle, indent=2)
@@ -345,7 +425,7 @@ def segment_folder(
     output = Path(output)
     cases, ignored = find_volumes(input)
     intensity = options.intensity or options.modality
-    supports = load_supports(list(support_images), list(support_labels), intensity)
+    supports = load_supports(list(support_images), list(support_labels), intensity, plane=options.plane)
     organs = dict(options.organs) if options.organs else _default_organs(supports[0]["label"])
     from fewshot_monai.zoo import shipped_weights
 
@@ -369,7 +449,11 @@ def segment_folder(
     label = f"segment (rank {rank})" if world > 1 else "segment"
     bar = tqdm(todo, desc=label, unit="case", disable=not options.progress)
     for case in bar:
-        rows.append(_segment_case(case, segmenter, outputs[case["id"]], options, intensity, print_key, writer))
+        rows.append(
+            _segment_case(
+                case, segmenter, outputs[case["id"]], options, intensity, print_key, writer, supports[0]["image"]
+            )
+        )
         bar.set_postfix(failed=sum(r["status"] == "failed" for r in rows), refresh=False)
     all_rows = _gather(rows, world)
     order = {c["id"]: i for i, c in enumerate(cases)}
@@ -423,13 +507,19 @@ def _prepare(supports, organs, weights, options: SegmentOptions, output: Path):
     return segmenter, seconds
 
 
-def _segment_case(case: dict, segmenter, out: dict[str, Path], options, intensity, print_key, writer) -> dict:
-    """Segment and write one case; any failure becomes a ``failed`` row with its reason (the batch goes on)."""
+def _segment_case(
+    case: dict, segmenter, out: dict[str, Path], options, intensity, print_key, writer, reference
+) -> dict:
+    """Segment and write one case (brought into the plane of ``reference``, the first support image); any failure
+    becomes a ``failed`` row with its reason (the batch goes on)."""
     from fewshot_monai.data.io import find_input_error, load_case
 
     start = time.perf_counter()
     try:
-        query = load_case(case["image"], intensity=intensity, case_id=case["id"], series=options.series)
+        query = load_case(
+            case["image"], intensity=intensity, case_id=case["id"], series=options.series, plane=options.plane
+        )
+        query = match_plane(query, reference)
         result = segmenter(query["image"])
         labels = result.label_map()
         report = _case_report(case, result, labels, query["image"], time.perf_counter() - start, print_key)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["name_list", "int_list", "name_ids"]
+__all__ = ["name_list", "int_list", "name_ids", "PLANE_CHOICES", "PLANE_HELP"]
+
+#: the ``--plane`` choices: :data:`fewshot_monai.transforms.plane.PLANES` (repeated here so that help stays instant
+#: without importing MONAI; a test checks they agree)
+PLANE_CHOICES = ("auto", "stored", "axial", "coronal", "sagittal")
+PLANE_HELP = (
+    "slicing plane: auto (default: each volume's acquisition plane, its thickest voxel axis), stored (the stored "
+    "third axis), axial, coronal or sagittal"
+)
 
 
 def name_list(text: str) -> list[str]:

@@ -64,6 +64,7 @@ def run_demo(
     from fewshot_monai.evaluation.metrics import dice_score
     from fewshot_monai.inferers import FewShotSegmenter
     from fewshot_monai.pseudolabel import get_pseudo_label
+    from fewshot_monai.transforms.plane import plane_of
     from fewshot_monai.utils.files import atomic_write
     from fewshot_monai.utils.plotting import save_overlay_png
     from fewshot_monai.zoo import load_model
@@ -118,6 +119,7 @@ def run_demo(
         predictions,
         truths,
         title="demo: query phantom, predicted (solid) vs truth (dashed)",
+        plane=plane_of(query["image"]),
     )
     report = {
         "model": model.description,

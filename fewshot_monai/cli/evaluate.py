@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from fewshot_monai.cli.arguments import int_list, name_ids, name_list
+from fewshot_monai.cli.arguments import PLANE_CHOICES, PLANE_HELP, int_list, name_ids, name_list
 from fewshot_monai.cli.main import SUBCOMMANDS
 from fewshot_monai.errors import FewShotError
 
@@ -89,6 +89,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--organs", type=name_list, default=None, help="comma-separated organ names (default all)")
     parser.add_argument("--label-map", type=name_ids, default=None, help="name=id,... (required for generic)")
     parser.add_argument("--intensity", default=None, help="intensity preset override (ct, mri, preprocessed, none)")
+    parser.add_argument("--plane", choices=PLANE_CHOICES, default="auto", help=PLANE_HELP)
     parser.add_argument("--limit-queries", type=int, default=None, help="only the first N queries of each fold")
     parser.add_argument("--spatial-size", type=int, default=256)
     parser.add_argument("--n-chunks", type=int, default=3, help="chunks per organ extent (3 in SSL-ALPNet)")
@@ -129,6 +130,7 @@ def config_from_args(args: argparse.Namespace):
         organs=args.organs,
         label_map=args.label_map,
         intensity=args.intensity,
+        plane=args.plane,
         limit_queries=args.limit_queries,
         spatial_size=args.spatial_size,
         n_chunks=args.n_chunks,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from fewshot_monai.cli.arguments import name_ids
+from fewshot_monai.cli.arguments import PLANE_CHOICES, PLANE_HELP, name_ids
 from fewshot_monai.cli.main import SUBCOMMANDS
 
 __all__ = ["add_parser", "run"]
@@ -65,6 +65,7 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--adapt-cache", default=None, help="where adapted networks are kept (default <output>/.cache)")
     parser.add_argument("--series", default=None, help="DICOM series to read from a folder holding several")
+    parser.add_argument("--plane", choices=PLANE_CHOICES, default="auto", help=PLANE_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -84,6 +85,7 @@ def batch_options(args: argparse.Namespace):
         save_probabilities=getattr(args, "save_probabilities", False),
         overlays=not getattr(args, "no_overlay", True),
         series=args.series,
+        plane=args.plane,
         progress=not args.no_progress,
     )
 

@@ -1,11 +1,11 @@
 """``fewshot-monai superpixels``: cache the superpixel pseudo-labels of unlabelled scans for self-supervised training.
 
-For every image, the intensity preset is applied, each axial slice is segmented with Felzenszwalb's algorithm inside
-the body mask (:mod:`fewshot_monai.transforms.superpixels`), and the label volume is written to
-``OUT/<case id>_superpixels.nii.gz`` with the image's geometry, next to ``OUT/manifest.json`` (image path,
-superpixel file, parameters, counts). Re-running skips images already done with the same parameters (and an
-unchanged image file); a file that cannot be read is reported by name and the others go on. The exit code is 1
-when some file failed, else 0.
+For every image, the intensity preset is applied, each slice (in the volume's slicing plane, ``--plane``) is
+segmented with Felzenszwalb's algorithm inside the body mask (:mod:`fewshot_monai.transforms.superpixels`), and the
+label volume is written to ``OUT/<case id>_superpixels.nii.gz`` with the image's geometry, next to
+``OUT/manifest.json`` (image path, superpixel file, parameters, counts). Re-running skips images already done with
+the same parameters (and an unchanged image file); a file that cannot be read is reported by name and the others go
+on. The exit code is 1 when some file failed, else 0.
 
 Examples::
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from fewshot_monai.cli.arguments import PLANE_CHOICES, PLANE_HELP
 from fewshot_monai.cli.main import SUBCOMMANDS
 from fewshot_monai.data.episodes import SuperpixelCache
 from fewshot_monai.transforms.intensity import INTENSITY_PRESETS
@@ -61,8 +62,10 @@ def cache_superpixels(
     params: SuperpixelParams,
     intensity: str | None,
     progress: bool = True,
+    plane: str = "auto",
 ) -> dict:
-    """Compute (or skip, when done) the superpixels of ``images`` into the cache ``out_dir``.
+    """Compute (or skip, when done) the superpixels of ``images``, cut in their slicing ``plane``, into the cache
+    ``out_dir``.
 
     Returns:
         ``{"computed": [paths], "skipped": [paths], "failed": {path: message}}``.
@@ -76,7 +79,7 @@ def cache_superpixels(
             report["skipped"].append(str(image))
             continue
         try:
-            cache.compute(image, params, intensity)
+            cache.compute(image, params, intensity, plane=plane)
         except Exception as err:  # a bad file must not stop the batch
             from fewshot_monai.data.io import find_input_error
 
@@ -112,6 +115,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--body-threshold", type=float, default=defaults.body_threshold, help="fraction of the intensity range"
     )
+    parser.add_argument("--plane", choices=PLANE_CHOICES, default="auto", help=PLANE_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -126,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         logger.error("%s", err)
         return 2
-    report = cache_superpixels(images, args.out, params, args.intensity, progress=not args.no_progress)
+    report = cache_superpixels(
+        images, args.out, params, args.intensity, progress=not args.no_progress, plane=args.plane
+    )
     logger.info(
         "superpixels in %s: %d computed, %d already done, %d failed",
         args.out,

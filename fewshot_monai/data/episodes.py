@@ -15,7 +15,7 @@ Pieces:
 
 - :class:`SuperpixelCache` -- superpixel label volumes on disk next to a ``manifest.json`` (used by the
   ``fewshot-monai superpixels`` command and by training);
-- :func:`load_training_volumes` -- load scans once (intensity preset, RAS) with their superpixels (and labels
+- :func:`load_training_volumes` -- load scans once (intensity preset, slicing plane) with their superpixels (and labels
   when slices must be excluded);
 - :class:`SuperpixelEpisodeDataset` -- ``dataset[i]`` is episode ``i`` (slices kept in memory, resized once);
 - :class:`SupportEpisodeDataset` -- labelled episodes from a support volume's own organ slices (support adaptation,
@@ -84,8 +84,10 @@ class SuperpixelCache:
     """
     Superpixel label volumes cached as NIfTI files in ``directory`` with a ``manifest.json`` describing them.
 
-    Each cached volume ``<case id>_superpixels.nii.gz`` has the geometry (affine) of the loaded image -- RAS
-    orientation, the same physical space as the image file -- and per-slice ids (0 = outside the body). The
+    Each cached volume ``<case id>_superpixels.nii.gz`` has the geometry (affine) of the loaded image -- reoriented
+    to its slicing plane (``RAS`` for axial scans), the same physical space as the image file -- and per-slice ids
+    (0 = outside the body); it is read back in its stored voxel order, and recomputed when the image is now loaded
+    in another plane. The
     manifest records, per image (absolute path): the superpixel file, the parameters (including the intensity
     preset), the image file's size and modification time, and counts. An entry is *done* when its parameters and
     the image stamp match and the file exists; anything else is recomputed. Files and the manifest are written
@@ -161,6 +163,7 @@ class SuperpixelCache:
         params: SuperpixelParams,
         intensity: str | None,
         loaded: MetaTensor | None = None,
+        plane: str = "auto",
     ) -> MetaTensor:
         """Compute, write and register the superpixels of ``image``; returns them ``(1, X, Y, Z)`` int32.
 
@@ -169,6 +172,7 @@ class SuperpixelCache:
             params: superpixel parameters.
             intensity: the intensity preset applied before computing them.
             loaded: the already loaded, intensity-normalised image (saves reading it again).
+            plane: the slicing plane the image is loaded in when ``loaded`` is not given.
 
         Raises:
             InputError: the image cannot be read (the message names the file).
@@ -176,7 +180,7 @@ class SuperpixelCache:
         from fewshot_monai.data.io import load_case, save_volume
 
         if loaded is None:
-            loaded = load_case(image, intensity=intensity)["image"]
+            loaded = load_case(image, intensity=intensity, plane=plane)["image"]
         labels = superpixel_volume(loaded, params)
         result = MetaTensor(torch.from_numpy(labels), meta=dict(loaded.meta))
         name = self._output_name(image)
@@ -208,13 +212,14 @@ class SuperpixelCache:
         self._write_manifest()
 
     def load(self, image: str | os.PathLike) -> MetaTensor:
-        """The cached superpixels of ``image`` as a ``(1, X, Y, Z)`` ``MetaTensor`` (RAS, int)."""
+        """The cached superpixels of ``image`` as a ``(1, X, Y, Z)`` ``MetaTensor`` (int), in the voxel order they
+        were computed in (that of the image as loaded then)."""
         from fewshot_monai.data.io import load_volume
 
         entry = self.entry(image)
         if entry is None:
             raise KeyError(f"{image}: no cached superpixels in {self.directory}")
-        return load_volume(self.directory / entry["superpixels"], is_label=True)
+        return load_volume(self.directory / entry["superpixels"], is_label=True, plane=None)
 
     def get(
         self,
@@ -223,10 +228,14 @@ class SuperpixelCache:
         intensity: str | None,
         loaded: MetaTensor | None = None,
     ) -> MetaTensor:
-        """Cached superpixels when done (and matching ``loaded``'s shape), else compute and cache them."""
+        """Cached superpixels when done (and matching ``loaded``'s grid: shape and orientation), else compute and
+        cache them."""
         if self.is_done(image, params, intensity):
             cached = self.load(image)
-            if loaded is None or tuple(cached.shape) == tuple(loaded.shape):
+            if loaded is None or (
+                tuple(cached.shape) == tuple(loaded.shape)
+                and np.allclose(np.asarray(cached.affine), np.asarray(loaded.affine), atol=1e-3)
+            ):
                 return cached
         return self.compute(image, params, intensity, loaded)
 
@@ -243,6 +252,7 @@ def load_training_volumes(
     cache_dir: str | os.PathLike | None = None,
     with_labels: bool = False,
     progress: bool = True,
+    plane: str = "auto",
 ) -> list[dict]:
     """Load scans once, with their superpixels (from ``cache_dir`` or computed) and optionally their labels.
 
@@ -254,6 +264,8 @@ def load_training_volumes(
             ``None`` computes the superpixels in memory.
         with_labels: also load each case's label (required by slice exclusion).
         progress: show a tqdm bar.
+        plane: the slicing plane of the scans (:mod:`fewshot_monai.transforms.plane`; ``auto``: each scan's
+            acquisition plane, ``RAS`` for axial scans).
 
     Returns:
         ``[{"id", "image": MetaTensor (1,X,Y,Z), "superpixels": (1,X,Y,Z) int, "label": MetaTensor or None}]``.
@@ -274,7 +286,9 @@ def load_training_volumes(
                 "exclude_labels needs the label file of every training scan (slices containing the excluded organs "
                 "are dropped); this scan has none -- give its label or remove the scan or exclude_labels",
             )
-        loaded = load_case(case["image"], label if with_labels else None, intensity=intensity, case_id=case.get("id"))
+        loaded = load_case(
+            case["image"], label if with_labels else None, intensity=intensity, case_id=case.get("id"), plane=plane
+        )
         if cache is not None:
             sp = cache.get(case["image"], params, intensity, loaded["image"])
         else:

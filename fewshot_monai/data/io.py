@@ -6,7 +6,9 @@ Everything goes through one MONAI pipeline, :func:`case_loading_transforms`, whi
 1. :class:`LoadVolumed` — read with :class:`monai.transforms.LoadImage` (``NibabelReader`` for ``.nii``/``.nii.gz``,
    ``ITKReader`` for everything else: NRRD, MHA/MHD, DICOM series folders), make channel-first ``(1, X, Y, Z)``,
    validate (3D, finite, integer labels) and cast: images ``float32``, labels ``int16``;
-2. :class:`monai.transforms.Orientationd` to ``orientation`` (``"RAS"``: axis -1 is the axial z axis);
+2. :class:`~fewshot_monai.transforms.SlicePlaned` to the slicing ``plane`` (default ``"auto"``: the acquisition
+   plane, so axis -1 is the through-plane axis; axial stacks get ``RAS`` exactly as before), or
+   :class:`monai.transforms.Orientationd` to explicit ``orientation`` axis codes;
 3. :class:`~fewshot_monai.transforms.CheckGeometryd` — the label is voxel-aligned with the image;
 4. optional :class:`monai.transforms.Spacingd` to ``spacing`` (bilinear for images, nearest for labels);
 5. optional :class:`~fewshot_monai.transforms.IntensityPresetd` on the images.
@@ -47,6 +49,7 @@ from monai.utils import ImageMetaKey, ensure_tuple
 
 from fewshot_monai.errors import DimensionalityError, GeometryMismatchError, InputError, UnreadableFileError
 from fewshot_monai.transforms.intensity import IntensityPresetd
+from fewshot_monai.transforms.plane import SlicePlaned, check_plane
 from fewshot_monai.transforms.validation import (
     CheckGeometryd,
     check_finite,
@@ -81,6 +84,8 @@ READABLE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 WRITABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 _INT16 = torch.iinfo(torch.int16)
+
+FOLLOW_PLANE = "plane"  # the default ``orientation``: reorient as ``plane`` says
 
 
 def _suffix(path: str | os.PathLike) -> str:
@@ -258,7 +263,8 @@ def case_loading_transforms(
     label_keys: KeysCollection = ("label",),
     *,
     intensity: str | None = None,
-    orientation: str | None = "RAS",
+    plane: str | None = "auto",
+    orientation: str | None = FOLLOW_PLANE,
     spacing: Sequence[float] | float | None = None,
     geometry_atol: float = 1e-3,
     allow_missing_keys: bool = False,
@@ -271,7 +277,11 @@ def case_loading_transforms(
         label_keys: keys holding label paths (or arrays); loaded as int16 and checked against the first image key
             (or the first label key when there is no image key).
         intensity: intensity preset for the images (``"ct"``, ``"mri"``, ``"preprocessed"``, ``"none"``/``None``).
-        orientation: target axis codes (``"RAS"``), or ``None`` to keep the stored voxel order.
+        plane: the slicing plane (:data:`fewshot_monai.transforms.plane.PLANES`: ``"auto"`` the acquisition
+            plane, ``"stored"``, ``"axial"``, ``"coronal"``, ``"sagittal"``), chosen from the first key's geometry
+            and applied to every key; ``None`` keeps the stored voxel order.
+        orientation: explicit target axis codes (e.g. ``"RAS"``) instead of ``plane``, or ``None`` to keep the
+            stored voxel order; the default follows ``plane``.
         spacing: target voxel size in mm (``(sx, sy, sz)`` or one number), or ``None`` to keep the grid.
         geometry_atol: tolerance on the affines of image and label (see ``CheckGeometryd``).
         allow_missing_keys: skip keys absent from the data dictionary.
@@ -292,8 +302,11 @@ def case_loading_transforms(
         xforms.append(LoadVolumed(image_keys, is_label=False, allow_missing_keys=allow_missing_keys, series=series))
     if label_keys:
         xforms.append(LoadVolumed(label_keys, is_label=True, allow_missing_keys=allow_missing_keys))
-    if orientation:
-        xforms.append(Orientationd(keys, axcodes=orientation, labels=None, allow_missing_keys=allow_missing_keys))
+    if orientation != FOLLOW_PLANE:
+        if orientation:
+            xforms.append(Orientationd(keys, axcodes=orientation, labels=None, allow_missing_keys=allow_missing_keys))
+    elif plane is not None:
+        xforms.append(SlicePlaned(keys, plane=check_plane(plane), allow_missing_keys=allow_missing_keys))
     if len(keys) > 1:
         xforms.append(CheckGeometryd(keys, atol=geometry_atol, allow_missing_keys=True))
     if spacing is not None:
@@ -320,18 +333,21 @@ def load_volume(
     path: str | os.PathLike,
     *,
     is_label: bool = False,
-    orientation: str | None = "RAS",
+    plane: str | None = "auto",
+    orientation: str | None = FOLLOW_PLANE,
     spacing: Sequence[float] | float | None = None,
 ) -> MetaTensor:
-    """Load one volume as a ``MetaTensor`` ``(1, X, Y, Z)``: float32 image or int16 label, oriented to
-    ``orientation`` and optionally resampled to ``spacing`` mm (bilinear for images, nearest for labels).
+    """Load one volume as a ``MetaTensor`` ``(1, X, Y, Z)``: float32 image or int16 label, reoriented so that its
+    slicing ``plane``'s through-plane axis is last (or to explicit ``orientation`` axis codes; ``None`` keeps the
+    stored order; see :func:`case_loading_transforms`) and optionally resampled to ``spacing`` mm (bilinear for
+    images, nearest for labels).
 
     ``path`` is a ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` file or a DICOM series folder.
     Raises the :mod:`fewshot_monai.errors` types listed in :class:`LoadVolume`.
     """
     key = "label" if is_label else "image"
     keys = {"image_keys": (), "label_keys": ("label",)} if is_label else {"image_keys": ("image",), "label_keys": ()}
-    pipeline = case_loading_transforms(**keys, orientation=orientation, spacing=spacing)
+    pipeline = case_loading_transforms(**keys, plane=plane, orientation=orientation, spacing=spacing)
     return _run(pipeline, {key: path})[key]
 
 
@@ -340,12 +356,15 @@ def load_case(
     label: str | os.PathLike | None = None,
     *,
     intensity: str | None = None,
-    orientation: str | None = "RAS",
+    plane: str | None = "auto",
+    orientation: str | None = FOLLOW_PLANE,
     spacing: Sequence[float] | float | None = None,
     case_id: str | None = None,
     series: str | None = None,
 ) -> dict:
-    """Load an image and (optionally) its label, validated, oriented, resampled and intensity-normalised.
+    """Load an image and (optionally) its label, validated, reoriented to the slicing ``plane`` (chosen from the
+    image; ``orientation``: explicit axis codes instead, see :func:`case_loading_transforms`), resampled and
+    intensity-normalised.
 
     Returns:
         ``{"image": MetaTensor (1, X, Y, Z) float32, "label": MetaTensor (1, X, Y, Z) int16 or None,
@@ -359,6 +378,7 @@ def load_case(
         ("image",),
         ("label",) if label is not None else (),
         intensity=intensity,
+        plane=plane,
         orientation=orientation,
         spacing=spacing,
         series=series,

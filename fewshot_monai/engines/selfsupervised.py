@@ -70,6 +70,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "root": None,  # dataset folder (relative paths are relative to the working directory)
         "descriptor": "chaos",  # chaos | sabs | phantom
         "intensity": None,  # intensity preset; null: the descriptor's
+        "plane": "auto",  # slicing plane: auto (acquisition plane) | stored | axial | coronal | sagittal
         "scans": None,  # ids to train on; null: all
         "exclude_scans": [],  # ids never used for training (a fold's support/query scans)
         "exclude_labels": [],  # "setting 2": drop every slice containing these label ids (needs labels)
@@ -453,6 +454,10 @@ def _check_resume_config(stored_path: Path, config: Mapping) -> None:
         return
     with open(stored_path) as f:
         stored = yaml.safe_load(f) or {}
+    try:  # keys added since the run started take their defaults (e.g. data.plane)
+        stored = merge_config(DEFAULT_CONFIG, stored)
+    except ValueError:
+        pass
     changed = [k for k in RESUME_KEYS if stored.get(k) != config.get(k)]
     if changed:
         raise ValueError(
@@ -507,8 +512,15 @@ def build_training(
         body_threshold=float(scfg["body_threshold"]),
     )
     exclude_labels = [int(v) for v in config["data"]["exclude_labels"] or ()]
+    plane = config["data"]["plane"]
     volumes = load_training_volumes(
-        cases, intensity, params, cache_dir=scfg["cache_dir"], with_labels=bool(exclude_labels), progress=show
+        cases,
+        intensity,
+        params,
+        cache_dir=scfg["cache_dir"],
+        with_labels=bool(exclude_labels),
+        progress=show,
+        plane=plane,
     )
     size = int(ecfg["spatial_size"])
     dataset = SuperpixelEpisodeDataset(
@@ -588,7 +600,9 @@ def build_training(
             case = by_id.get(str(vcfg[role]))
             if case is None or not case.get("label"):
                 raise ValueError(f"validation.{role} scan {vcfg[role]!r} is not a labelled scan of {_root}")
-            picked[role] = load_case(case["image"], case["label"], intensity=intensity, case_id=case["id"])
+            picked[role] = load_case(
+                case["image"], case["label"], intensity=intensity, case_id=case["id"], plane=config["data"]["plane"]
+            )
         if str(vcfg["query"]) in {c["id"] for c in cases}:
             logger.warning("validation query scan %s is also a training scan (add it to exclude_scans)", vcfg["query"])
         OneShotValidation(

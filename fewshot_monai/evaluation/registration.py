@@ -74,7 +74,7 @@ def require_elastix() -> None:
 
 @dataclass
 class WarpedAtlas:
-    """Support label maps warped onto one query: ``labels`` (K, X, Y, Z) int arrays in the query's RAS grid."""
+    """Support label maps warped onto one query: ``labels`` (K, X, Y, Z) int arrays in the query's loaded grid."""
 
     labels: np.ndarray
     seconds: float
@@ -201,8 +201,8 @@ def register_atlases(
         query_image: query image file (the fixed image).
         support_images: support image files (k-shot: several).
         support_labels: their label-map files.
-        reference: the query as loaded for evaluation (a ``(1, X, Y, Z)`` RAS ``MetaTensor``); the warped labels
-            are loaded in the same orientation and checked to lie on its grid.
+        reference: the query as loaded for evaluation (a ``(1, X, Y, Z)`` ``MetaTensor`` in its slicing plane); the
+            warped labels are loaded in the same plane and checked to lie on its grid.
         worker: a running :class:`RegistrationWorker` (default: a new one for this call only, which pays the
             ~20 s itk-elastix start-up).
         threads: elastix threads when a new worker is started (the machine is shared: keep it small).
@@ -220,6 +220,7 @@ def register_atlases(
         RegistrationFailedError: elastix failed or the warped label does not lie on the query grid.
     """
     from fewshot_monai.data.io import load_volume
+    from fewshot_monai.transforms.plane import plane_of
 
     require_elastix()
     if len(support_images) != len(support_labels) or not support_images:
@@ -238,12 +239,12 @@ def register_atlases(
                     cached = _cached_registration(Path(cache_dir), key)
                 if cached is not None:
                     out, took = cached
-                    volume = load_volume(out, is_label=True)
+                    volume = load_volume(out, is_label=True, plane=plane_of(reference))
                 else:
                     out = Path(tmp) / f"warped_{k}.nii.gz"
                     start = time.perf_counter()
                     worker.register(query_image, image, label, out, **iterations)
-                    volume = load_volume(out, is_label=True)
+                    volume = load_volume(out, is_label=True, plane=plane_of(reference))
                     took = time.perf_counter() - start
                     if cache_dir is not None:
                         _store_registration(Path(cache_dir), key, out, took)

@@ -445,8 +445,8 @@ def write_outputs(
     overlay_case: Callable | None = None,
 ) -> None:
     """Write an evaluation's ``per_scan.csv``, ``summary.json`` (with its ``outputs``), ``report.md``, box plots
-    and, with ``overlay_case(fold, scan) -> (image, predictions, truths) or None``, overlays of the best, median
-    and worst scan of ``method``."""
+    and, with ``overlay_case(fold, scan) -> (image, predictions, truths[, plane]) or None``, overlays of the best,
+    median and worst scan of ``method`` (``plane``: the scan's slicing plane, default axial)."""
     from fewshot_monai.utils.plotting import save_overlay_png
 
     figures: dict[str, str] = {}
@@ -457,10 +457,10 @@ def write_outputs(
         case = overlay_case(fold, scan)
         if case is None:
             continue
-        image, predictions, truths = case
+        image, predictions, truths, *plane = case
         png = f"overlay_{name}.png"
         title = f"{name}: fold {fold} scan {scan}, mean Dice {score:.3f} (solid: prediction)"
-        save_overlay_png(out / png, image, predictions, truths, title=title)
+        save_overlay_png(out / png, image, predictions, truths, title=title, plane=plane[0] if plane else "axial")
         figures[f"{name.capitalize()} case: fold {fold}, scan {scan} (mean Dice {score:.3f})"] = png
         overlays[name] = {"fold": fold, "scan": scan, "mean_dice": score, "png": png}
     summary["outputs"] = {

@@ -85,6 +85,7 @@ class EvaluationConfig:
         organs: organ names to evaluate (default: every organ of the label map).
         label_map: organ name -> label id, required for ``generic`` (overrides the descriptor's otherwise).
         intensity: intensity preset override (default: the descriptor's).
+        plane: slicing plane of every scan (:mod:`fewshot_monai.transforms.plane`; ``auto``: its acquisition plane).
         limit_queries: evaluate only the first N queries of each fold (quick runs).
         n_chunks, spatial_size, batch_size: inferer options.
         inferer_options: further :class:`~fewshot_monai.inferers.FewShotVolumeInferer` options, e.g.
@@ -125,6 +126,7 @@ class EvaluationConfig:
     organs: list[str] | None = None
     label_map: dict[str, int] | None = None
     intensity: str | None = None
+    plane: str = "auto"
     limit_queries: int | None = None
     n_chunks: int = 3
     spatial_size: int = 256
@@ -298,10 +300,13 @@ class _EvaluationRun:
         from fewshot_monai.data.io import load_case
 
         item = self.data.items[scan_id]
-        return load_case(item["image"], item["label"], intensity=self.data.intensity, case_id=scan_id)
+        return load_case(
+            item["image"], item["label"], intensity=self.data.intensity, case_id=scan_id, plane=self.cfg.plane
+        )
 
     def overlay_case(self, fold: int, scan: str):
-        """(image, predictions, truths) of a scored scan of our method, for the report's overlays; None if gone."""
+        """(image, predictions, truths, plane) of a scored scan of our method, for the report's overlays; None if
+        gone."""
         path = self.cache / f"{METHOD_NAME}__{fold}__{scan}.npz"
         if not path.is_file():
             return None
@@ -313,7 +318,9 @@ class _EvaluationRun:
         with np.load(path) as saved:
             predictions = {organ: saved[organ] for organ in saved.files}
         truths = {o: (case["label"][0] == self.data.label_map[o]).cpu().numpy() for o in predictions}
-        return case["image"][0].cpu().numpy(), predictions, truths
+        from fewshot_monai.transforms.plane import plane_of
+
+        return case["image"][0].cpu().numpy(), predictions, truths, plane_of(case["image"])
 
     def skip(self, method: str, fold: int, scan: str, organ: str | None, reason: str) -> None:
         logger.warning("skipped %s fold %s scan %s %s: %s", method, fold, scan, organ or "", reason)

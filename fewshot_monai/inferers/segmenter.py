@@ -20,12 +20,14 @@ runs the optional pseudo-labelling stage and maps the probabilities back to the 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 
 from fewshot_monai.errors import EmptyMaskError
 from fewshot_monai.inferers.protocol import (
@@ -35,8 +37,11 @@ from fewshot_monai.inferers.protocol import (
     support_set_from_stacks,
 )
 from fewshot_monai.transforms.labels import largest_component, merge_organ_probabilities
+from fewshot_monai.transforms.plane import plane_of
 from fewshot_monai.transforms.slicing import slice_spacing, slices_to_volume, volume_to_slices
 from fewshot_monai.transforms.validation import source_of
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["FewShotSegmenter", "as_volumes", "OrganSegmentation", "Segmentation", "keep_largest_component", "label_map"]
 
@@ -229,6 +234,7 @@ class FewShotSegmenter:
         image_stacks = [volume_to_slices(img, self.spatial_size, 3, "bilinear").float() for img in images]
         label_stacks = [volume_to_slices(lb, self.spatial_size, 1, "nearest").round().long() for lb in labels]
         spacings = [slice_spacing(img) for img in images]
+        self.plane = plane_of(images[0]) if isinstance(images[0], MetaTensor) else None
         self.supports: dict[str, PreparedSupport] = {}
         for organ, label_id in self.organs.items():
             masks = [(stack == label_id).float() for stack in label_stacks]
@@ -284,6 +290,14 @@ class FewShotSegmenter:
         if unknown:
             raise ValueError(f"unknown organ(s) {unknown}; this segmenter was prepared for {list(self.organs)}")
         z_ranges = dict(z_ranges or {})
+        if self.plane is not None and isinstance(query, MetaTensor) and plane_of(query) != self.plane:
+            logger.warning(
+                "%s: query cut in the %s plane but the support in the %s plane; resample it first "
+                "(fewshot_monai.batch.match_plane)",
+                source_of(query, "query"),
+                plane_of(query),
+                self.plane,
+            )
         stack = volume_to_slices(query, self.spatial_size, 3, "bilinear").float()
         features = self.protocol.encode(self.network, stack)
         encode_seconds = time.perf_counter() - start

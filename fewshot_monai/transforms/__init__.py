@@ -10,6 +10,17 @@ from fewshot_monai.transforms.labels import (
     merge_organ_probabilities,
     organ_z_extent,
 )
+from fewshot_monai.transforms.plane import (
+    PLANE_AXCODES,
+    PLANES,
+    SlicePlane,
+    SlicePlaned,
+    choose_plane,
+    plane_of,
+    slice_axis,
+    slice_label,
+    to_plane,
+)
 from fewshot_monai.transforms.slicing import (
     VolumeToSlices,
     VolumeToSlicesd,
@@ -39,6 +50,15 @@ __all__ = [
     "largest_component",
     "chunk_slices",
     "chunk_centres",
+    "PLANES",
+    "PLANE_AXCODES",
+    "SlicePlane",
+    "SlicePlaned",
+    "choose_plane",
+    "plane_of",
+    "slice_axis",
+    "slice_label",
+    "to_plane",
     "VolumeToSlices",
     "VolumeToSlicesd",
     "volume_to_slices",

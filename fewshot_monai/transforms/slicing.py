@@ -1,6 +1,7 @@
-"""Invertible conversion between a 3D volume and the stack of axial 2D slices the network sees.
+"""Invertible conversion between a 3D volume and the stack of 2D slices the network sees.
 
-A volume ``(C, X, Y, Z)`` (RAS, axis -1 axial) becomes a stack ``(Z, channels, S, S)``: slice ``k`` is
+A volume ``(C, X, Y, Z)`` (axis -1 the slice axis of its plane, :mod:`fewshot_monai.transforms.plane`: RAS and
+axial for axial scans) becomes a stack ``(Z, channels, S, S)``: slice ``k`` is
 ``volume[..., k]``, resized in plane to ``S x S`` and, for a single-channel volume, tiled to ``channels``
 channels. The inverse maps any stack ``(Z, K, S, S)`` (for example ``K = 2`` class probabilities) back to
 ``(K, X, Y, Z)`` at the original in-plane size with the original affine.
@@ -43,7 +44,7 @@ def _plain(x) -> torch.Tensor:
 
 
 def slice_spacing(volume) -> float:
-    """Distance between the axial slices of a ``(C, X, Y, Z)`` volume in mm (the affine's z column), 1.0 without an
+    """Distance between the slices of a ``(C, X, Y, Z)`` volume in mm (the affine's last column), 1.0 without an
     affine (a plain tensor: lengths are then counted in slices)."""
     from monai.data.utils import affine_to_spacing
 

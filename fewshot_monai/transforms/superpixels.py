@@ -183,8 +183,9 @@ class Superpixels(Transform):
         reference_size: in-plane size ``min_size`` refers to (``None``: no scaling). 256.
 
     Shapes:
-        input ``(1, X, Y, Z)`` intensity-preset image (RAS, axis -1 axial); output ``(1, X, Y, Z)`` int32 labels,
-        0 outside the body, ``1..n`` per slice. A ``MetaTensor`` input gives a ``MetaTensor`` with its meta/affine.
+        input ``(1, X, Y, Z)`` intensity-preset image (axis -1 the slice axis: RAS for axial scans); output
+        ``(1, X, Y, Z)`` int32 labels, 0 outside the body, ``1..n`` per slice. A ``MetaTensor`` input gives a
+        ``MetaTensor`` with its meta/affine.
 
     Example::
 

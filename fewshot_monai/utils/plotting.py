@@ -1,4 +1,5 @@
-"""Overlays of segmentations on axial slices, saved as PNG (matplotlib, no display needed)."""
+"""Overlays of segmentations on the slices of a volume (axial, or its slicing plane), saved as PNG (matplotlib, no
+display needed)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,18 @@ __all__ = ["radiological_view", "pick_overlay_slices", "save_overlay_png", "save
 
 
 def radiological_view(axial_slice: np.ndarray) -> np.ndarray:
-    """Turn an axial slice of a RAS-oriented volume (indexed ``[x, y]``) into display rows/columns.
+    """Turn a slice ``volume[..., k]`` of a loaded volume (indexed ``[x, y]``) into display rows/columns.
 
-    The result is shown with ``origin="lower"``: anterior at the top and the patient's right on the viewer's left,
-    as radiologists read axial images.
+    The result is shown with ``origin="lower"``. For an axial slice of a RAS-oriented volume: anterior at the top
+    and the patient's right on the viewer's left, as radiologists read axial images; for the other slicing planes
+    (:mod:`fewshot_monai.transforms.plane`: coronal ``RSA``, sagittal ``ASR``) superior at the top.
     """
     return np.asarray(axial_slice).T[:, ::-1]
 
 
 def pick_overlay_slices(mask: np.ndarray, count: int = 3) -> list[int]:
-    """``count`` axial indices spread over the z-extent of ``mask`` (X, Y, Z); the middle of the volume if empty."""
+    """``count`` slice indices spread over the extent of ``mask`` (X, Y, Z) along its last axis; the middle of the
+    volume if empty."""
     z_with_fg = np.flatnonzero(np.asarray(mask).reshape(-1, mask.shape[-1]).any(axis=0))
     if z_with_fg.size == 0:
         return [mask.shape[-1] // 2]
@@ -41,17 +44,21 @@ def save_overlay_png(
     truths: Mapping[str, np.ndarray] | None = None,
     slices: Sequence[int] | None = None,
     title: str | None = None,
+    plane: str = "axial",
 ) -> None:
-    """Save a row of axial slices with predicted (solid) and reference (dashed) organ contours.
+    """Save a row of slices ``image[..., z]`` with predicted (solid) and reference (dashed) organ contours.
 
     Args:
         path: output PNG, written atomically.
         image: (X, Y, Z) intensities.
         predictions: organ name -> (X, Y, Z) binary prediction.
         truths: organ name -> (X, Y, Z) binary reference, optional.
-        slices: axial indices to show; by default three spread over the union of the predictions/references.
+        slices: slice indices to show; by default three spread over the union of the predictions/references.
         title: figure title.
+        plane: the volume's slicing plane; the panels say "axial slice" only when it is ``"axial"``.
     """
+    from fewshot_monai.transforms.plane import slice_label
+
     image = np.asarray(image, dtype=np.float32)
     truths = dict(truths or {})
     if slices is None:
@@ -74,7 +81,7 @@ def save_overlay_png(
                 if ref.any():
                     ax.contour(ref, levels=[0.5], colors=[colour], linewidths=1.0, linestyles="--", origin="lower")
             ax.plot([], [], color=colour, label=organ)
-        ax.set_title(f"axial slice {z}")
+        ax.set_title(f"{slice_label(plane)} {z}")
         ax.axis("off")
     axes[0][0].legend(loc="lower left", fontsize=7, framealpha=0.6)
     fig.suptitle(title or "prediction (solid) vs reference (dashed)")
