@@ -84,6 +84,8 @@ class EvaluationConfig:
             Neither reads the query label.
         organs: organ names to evaluate (default: every organ of the label map).
         label_map: organ name -> label id, required for ``generic`` (overrides the descriptor's otherwise).
+        images, labels: ``generic`` only: image and label folders or globs relative to ``data`` (default:
+            nnU-Net ``imagesTr``/``labelsTr``, else ``images/`` + ``labels/``).
         intensity: intensity preset override (default: the descriptor's).
         limit_queries: evaluate only the first N queries of each fold (quick runs).
         n_chunks, spatial_size, batch_size: inferer options.
@@ -124,6 +126,8 @@ class EvaluationConfig:
     z_range_from: str = "network"
     organs: list[str] | None = None
     label_map: dict[str, int] | None = None
+    images: str | None = None
+    labels: str | None = None
     intensity: str | None = None
     limit_queries: int | None = None
     n_chunks: int = 3
@@ -270,7 +274,9 @@ class _EvaluationRun:
         if self.adaptation is not None and self.adaptation.iterations == 0:
             self.adaptation = None
         self.adapted: dict[int, dict] = {}
-        self.data = load_labelled_dataset(cfg.data, cfg.dataset, cfg.label_map, cfg.organs, cfg.intensity)
+        self.data = load_labelled_dataset(
+            cfg.data, cfg.dataset, cfg.label_map, cfg.organs, cfg.intensity, images=cfg.images, labels=cfg.labels
+        )
         self.organs = list(cfg.organs) if cfg.organs else list(self.data.label_map)
         unknown = [o for o in self.organs if o not in self.data.label_map]
         if unknown:
@@ -282,6 +288,8 @@ class _EvaluationRun:
             raise ValueError(f"fold index(es) {bad} out of range 0..{len(self.all_folds) - 1}")
         self.models = FoldModels(cfg.model, cfg.setting, self.data.modality)
         self.models.check(self.indices)
+        if self.worker is not None:
+            self.worker.start()  # elastix must load (torch-free subprocess) before any work: one-line error if not
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         plain = [PLAIN_METHOD_NAME] if self.pseudo_label is not None else []
