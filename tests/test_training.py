@@ -401,6 +401,13 @@ def test_train_on_a_generic_folder_of_images_without_labels(phantom_root, tmp_pa
     assert len(errors) == 1 and errors[0].startswith("validation (validation.support, validation.query) needs the ")
     assert "scan(s) mr_2, mr_3 (" in errors[0]
 
+    # the generic template config and --fold: folds on the natural order of the file names, no labels needed
+    from fewshot_monai.cli.train import exclude_fold
+
+    config = load_config(REPO / "configs" / "train_generic_fold.yaml", [f"data.root={root}", "data.images=series"])
+    assert config["data"]["descriptor"] == "generic" and config["data"]["labels"] is None
+    assert exclude_fold(config, 0, n_folds=2)["data"]["exclude_scans"] == ["mr_0", "mr_1", "mr_2"]
+
 
 def test_train_on_a_generic_folder_with_float_labels_and_a_label_map(phantom_root, tmp_path, capsys, one_thread):
     root = _generic_folder(phantom_root, tmp_path / "labelled", with_labels=True)
