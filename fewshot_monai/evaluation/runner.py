@@ -561,6 +561,8 @@ class _EvaluationRun:
             "z_range_from": cfg.z_range_from,
             "organs": self.organs,
             "label_map": {o: data.label_map[o] for o in self.organs},
+            "images": cfg.images,
+            "labels": cfg.labels,
             "intensity": data.intensity,
             "limit_queries": cfg.limit_queries,
             "n_chunks": cfg.n_chunks,
