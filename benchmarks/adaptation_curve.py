@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
+from fewshot_monai.cli.arguments import add_dataset_arguments, dataset_from_args
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--dataset", default="chaos")
+    add_dataset_arguments(parser, default="chaos")
     parser.add_argument("--model", required=True, help="folder of fold<k>_setting<s>.pt or a .pt file")
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--protocol", default="ep1")
@@ -37,7 +38,6 @@ def main(argv=None) -> int:
 
     import yaml
 
-    from fewshot_monai.data import datasets
     from fewshot_monai.data.io import load_case
     from fewshot_monai.engines.adaptation import SupportAdaptation, adapt_to_support
     from fewshot_monai.evaluation.folds import folds
@@ -50,17 +50,15 @@ def main(argv=None) -> int:
     options = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.option)}
     opts = SupportAdaptation.from_dict({**options, "iterations": snapshots[-1]})
 
-    descriptor = datasets.get_descriptor(args.dataset)
-    items = datasets.datalist(args.data, descriptor)
-    fold = folds(items)[args.fold]
-    by_id = {str(i["id"]): i for i in items}
+    data = dataset_from_args(args)
+    fold = folds(data.order)[args.fold]
     supports = [
-        load_case(by_id[s]["image"], by_id[s]["label"], intensity=descriptor.intensity, case_id=s)
+        load_case(data.items[s]["image"], data.items[s]["label"], intensity=data.intensity, case_id=s)
         for s in fold.support_ids
     ]
     checkpoint = resolve_checkpoint(args.model, args.fold, 1)
-    network = load_model(checkpoint, modality=descriptor.modality).network
-    organ_ids = list(descriptor.organ_ids(None).values())
+    network = load_model(checkpoint, modality=data.modality).network
+    organ_ids = list(data.label_map.values())
 
     started = time.perf_counter()
     seconds_at: dict[int, float] = {}
@@ -78,6 +76,7 @@ def main(argv=None) -> int:
         weights = checkpoint if iteration == 0 else out / "snapshots" / f"it{iteration}.pt"
         summary = run_evaluation({
             "data": args.data, "dataset": args.dataset, "model": str(weights), "protocol": args.protocol,
+            "label_map": args.label_map, "images": args.images, "labels": args.labels, "intensity": args.intensity,
             "folds": [args.fold], "pseudo_label": args.pseudo_label, "out": str(out / f"eval_it{iteration}"),
             "progress": False, "overlays": False,
         })  # fmt: skip

@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from fewshot_monai.cli.arguments import add_dataset_arguments
 from fewshot_monai.evaluation.runner import run_evaluation
 from fewshot_monai.utils.files import atomic_write
 
@@ -34,8 +35,7 @@ SETTINGS = [
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--dataset", default="chaos")
+    add_dataset_arguments(parser, default="chaos")
     parser.add_argument("--model", default=None)
     parser.add_argument("--protocol", default="ep1")
     parser.add_argument("--folds", default="0,1,2,3,4")
@@ -51,6 +51,10 @@ def main(argv=None) -> int:
             {
                 "data": args.data,
                 "dataset": args.dataset,
+                "label_map": args.label_map,
+                "images": args.images,
+                "labels": args.labels,
+                "intensity": args.intensity,
                 "model": args.model,
                 "protocol": args.protocol,
                 "folds": [int(f) for f in args.folds.split(",")],

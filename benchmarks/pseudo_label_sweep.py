@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewshot_monai.data.datasets import datalist, get_descriptor
+from fewshot_monai.cli.arguments import add_dataset_arguments, dataset_from_args
 from fewshot_monai.data.io import load_case
 from fewshot_monai.evaluation.folds import folds
 from fewshot_monai.evaluation.protocols import get_protocol
@@ -42,19 +42,18 @@ def dice(pred: torch.Tensor, true: torch.Tensor) -> float:
 
 def collect(args, fold_index: int):
     """Plain contexts and truth stacks of every (scan, organ) of one fold."""
-    descriptor = get_descriptor(args.dataset)
-    items = datalist(args.data, descriptor)
-    fold = folds(items, shots=args.shots)[fold_index]
-    by_id = {str(it["id"]): it for it in items}
+    data = dataset_from_args(args)
+    fold = folds(data.order, shots=args.shots)[fold_index]
+    by_id = data.items
     weights = resolve_checkpoint(args.model, fold_index, 1)
-    model = load_model(None if weights is None else str(weights), descriptor.modality).network
+    model = load_model(None if weights is None else str(weights), data.modality).network
     protocol = get_protocol(args.protocol)
 
     def case(i):
-        return load_case(by_id[i]["image"], by_id[i]["label"], intensity=descriptor.intensity, case_id=i)
+        return load_case(by_id[i]["image"], by_id[i]["label"], intensity=data.intensity, case_id=i)
 
     supports = [case(s) for s in fold.support_ids]
-    organs = {o: lid for o, lid in descriptor.label_map.items() if all((s["label"] == lid).any() for s in supports)}
+    organs = {o: lid for o, lid in data.label_map.items() if all((s["label"] == lid).any() for s in supports)}
     # the segmenter prepares the support; its protocol gives the plain contexts the stages are swept on
     segmenter = FewShotSegmenter(model, [s["image"] for s in supports], [s["label"] for s in supports], organs)
     cached = []
@@ -147,8 +146,7 @@ GRIDS = {
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
-    p.add_argument("--dataset", default="chaos")
+    add_dataset_arguments(p, default="chaos")
     p.add_argument("--folds", default="0", help="comma-separated fold indices (choose options on one fold only)")
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--model", default=None, help="weights, or a folder of fold<k>_setting1.pt (default: the zoo's)")

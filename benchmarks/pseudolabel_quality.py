@@ -21,7 +21,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-FOLDERS = {"chaos": ("chaos_t2spir", "mri", "mri"), "sabs": ("sabs_ct", "ct", "preprocessed")}
+from fewshot_monai.cli.arguments import add_dataset_arguments
+
+FOLDERS = {"chaos": "../shared/data/chaos_t2spir", "sabs": "../shared/data/sabs_ct"}
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -31,8 +33,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float | None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data")
-    parser.add_argument("--dataset", default="chaos", choices=sorted(FOLDERS))
+    add_dataset_arguments(parser, default="chaos", data_required=False)  # --data: default FOLDERS[--dataset]
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--model", required=True, help="a .pt or a folder of fold<k>_setting1.pt")
     parser.add_argument("--adapt-iterations", type=int, default=300)
@@ -41,15 +42,18 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
-    from fewshot_monai.data.datasets import datalist, get_descriptor
+    from fewshot_monai.cli.arguments import dataset_from_args
     from fewshot_monai.data.io import load_volume
     from fewshot_monai.evaluation.folds import folds
     from fewshot_monai.zoo import resolve_checkpoint
 
-    folder, modality, intensity = FOLDERS[args.dataset]
-    descriptor = get_descriptor(args.dataset)
-    items = {str(i["id"]): i for i in datalist(Path(args.data) / folder, descriptor)}
-    fold = folds(list(items), shots=1)[args.fold]
+    if args.data is None:
+        if args.dataset not in FOLDERS:
+            parser.error(f"--dataset {args.dataset} needs --data (the data folder)")
+        args.data = FOLDERS[args.dataset]
+    data = dataset_from_args(args)
+    items, modality, intensity = data.items, data.modality, data.intensity
+    fold = folds(data.order, shots=1)[args.fold]
     support = items[fold.support_ids[0]]
     out = Path(args.out)
     studies = out / "studies"
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
         link = studies / f"scan_{scan}.nii.gz"
         if not link.exists():
             link.symlink_to(Path(items[scan]["image"]).resolve())
-    organs = descriptor.label_map
+    organs = data.label_map
     command = [sys.executable, "-m", "fewshot_monai.cli.main", "pseudolabel", "--support-image", support["image"],
                "--support-label", support["label"], "--organs", ",".join(f"{o}={i}" for o, i in organs.items()),
                "--input", str(studies), "--output", str(out / "dataset"), "--modality", modality, "--intensity",

@@ -224,3 +224,71 @@ def test_nnunet_v1_labels_file_ending_and_errors(tmp_path):
     with pytest.raises(UnreadableFileError, match="imagesTr"):
         nnunet_datalist(tmp_path / "absent")
     assert nnunet_label_map(tmp_path / "absent") == {}
+
+
+# ------------------------------------------------------------------------------------------- generic data sets
+
+
+def test_generic_dataset_layouts_and_patterns(tmp_path):
+    from fewshot_monai.data.datasets import load_labelled_dataset
+    from fewshot_monai.errors import InputError
+
+    only = tmp_path / "only_images"  # the images themselves, no labels anywhere
+    for k in (2, 10, 1):
+        _tiny(only / f"mr_{k}.nii.gz")
+    data = load_labelled_dataset(only, "generic", require_labels=False)
+    assert data.order == ["mr_1", "mr_2", "mr_10"] and all(i["label"] is None for i in data.items.values())
+    assert data.label_map == {} and data.intensity == "preprocessed" and data.modality == "mri"
+    with pytest.raises(InputError, match=r"needs a label for every scan; none for \['mr_1', 'mr_2', 'mr_10'\]"):
+        load_labelled_dataset(only, "generic", {"liver": 1})
+    with pytest.raises(ValueError, match="no label map"):
+        load_labelled_dataset(only, "generic")
+
+    # the user's layout: a series folder and labels in a separate folder, chosen by pattern (folder or glob)
+    mine = tmp_path / "mine"
+    for k in (1, 2):
+        _tiny(mine / "series" / f"scan{k}.nii.gz")
+        _tiny(mine / "segmentations" / f"scan{k}_seg.nii.gz")
+    _tiny(mine / "series" / "scan3.nii.gz")  # not labelled
+    (mine / "series" / "notes.txt").write_text("not a volume")
+    data = load_labelled_dataset(
+        mine, "generic", images="series/*.nii.gz", labels="segmentations", require_labels=False
+    )
+    assert data.order == ["scan1", "scan2", "scan3"]
+    assert [Path(data.items[i]["label"]).name if data.items[i]["label"] else None for i in data.order] == [
+        "scan1_seg.nii.gz",
+        "scan2_seg.nii.gz",
+        None,
+    ]
+    with pytest.raises(InputError, match=r"none for \['scan3'\] \(labels looked for in .*segmentations\)"):
+        load_labelled_dataset(mine, "generic", {"liver": 1}, images="series", labels="segmentations")
+    with pytest.raises(ValueError, match="patterns are for generic data"):
+        load_labelled_dataset(mine, "chaos", images="series")
+
+    # images/ + labels/ found without patterns
+    both = tmp_path / "both"
+    _tiny(both / "images" / "a.nii.gz")
+    _tiny(both / "labels" / "a.nii.gz")
+    data = load_labelled_dataset(both, "generic", {"liver": 1})
+    assert data.items["a"]["label"].endswith("labels/a.nii.gz")
+
+
+def test_float_label_files_holding_integers_are_accepted(tmp_path):
+    from fewshot_monai.data.io import load_volume
+    from fewshot_monai.errors import InputError
+
+    values = np.zeros((6, 6, 3), np.float64)
+    values[1:3, 1:3, 1] = 6.0
+    values[4, 4, 2] = 5.9999995  # float conversions of label maps leave such values
+    values[0, 5, 0] = 1.0000002
+    nib.save(nib.Nifti1Image(values, np.eye(4)), tmp_path / "float64_label.nii.gz")
+    nib.save(nib.Nifti1Image(values.astype(np.float32), np.eye(4)), tmp_path / "float32_label.nii.gz")
+    for name in ("float64_label.nii.gz", "float32_label.nii.gz"):
+        label = load_volume(tmp_path / name, is_label=True, orientation=None)
+        assert label.dtype.is_floating_point is False
+        assert sorted(label.unique().tolist()) == [0, 1, 6] and int((label == 6).sum()) == 5
+
+    values[2, 2, 2] = 0.5  # a real fraction: an image passed as a label, or a probability map
+    nib.save(nib.Nifti1Image(values, np.eye(4)), tmp_path / "probabilities.nii.gz")
+    with pytest.raises(InputError, match=r"probabilities\.nii\.gz: label map has 1 non-integer voxels \(e\.g\. 0\.5\)"):
+        load_volume(tmp_path / "probabilities.nii.gz", is_label=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -295,6 +296,45 @@ def test_generic_layout_needs_and_uses_a_label_map(phantom_dir, tmp_path):
     )
     assert summary["protocol"]["label_map"] == {"liver": 1} and summary["n_scans"] == {"liver": 1}
     assert summary["folds"][0]["query_ids"] == ["ct_0"] and summary["protocol"]["intensity"] == "preprocessed"
+
+
+def test_cli_evaluate_on_a_users_folder_gives_the_full_report(phantom_dir, tmp_path, caplog):
+    # a user's data set: a series folder, float labels with arbitrary ids in a separate folder, no descriptor
+    import logging
+
+    import nibabel as nib
+
+    from fewshot_monai.cli.main import main
+
+    root = tmp_path / "mine"
+    (root / "series").mkdir(parents=True)
+    (root / "segmentations").mkdir()
+    for k in range(3):
+        (root / "series" / f"mr{k}.nii.gz").symlink_to(phantom_dir / f"case{k}_image.nii.gz")
+        label = nib.load(phantom_dir / f"case{k}_label.nii.gz")
+        values = np.asarray(label.dataobj).astype(np.float32) * 10  # liver 10, spleen 40
+        nib.save(nib.Nifti1Image(values, label.affine), root / "segmentations" / f"mr{k}_seg.nii.gz")
+    out = tmp_path / "report"
+    args = ["evaluate", "--data", str(root), "--dataset", "generic", "--images", "series", "--labels",
+            "segmentations", "--label-map", "liver=10,spleen=40", "--n-folds", "3", "--folds", "0,1",
+            "--spatial-size", "64", "--intensity", "mri", "--no-progress", "--out", str(out)]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
+    # --no-progress: one line per query with Dice and seconds, one per fold
+    assert len([m for m in caplog.messages if re.fullmatch(r"fold \d scan mr\d: liver [\d.]+.* \([\d.]+ s\)", m)]) == 2
+    assert len([m for m in caplog.messages if re.fullmatch(r"fold \d: \d+ scan-organ pairs, mean Dice [\d.]+", m)]) == 2
+    report = (out / "report.md").read_text()
+    headings = [line for line in report.splitlines() if line.startswith("## ")]
+    assert headings[:3] == [
+        "## Dice (%) per organ, mean ± std over scans",
+        "## Dice (%) per fold (mean over the fold's scans)",
+        "## Distances (mm), mean ± std over scans where defined",
+    ]
+    assert "| **fewshot** (this run) |" in report and "published" not in report
+    assert (out / "boxplots.png").is_file() and (out / "per_scan.csv").is_file()
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["dice"]["liver"] > 0.5 and saved["protocol"]["label_map"] == {"liver": 10, "spleen": 40}
+    assert (saved["protocol"]["images"], saved["protocol"]["labels"]) == ("series", "segmentations")
 
 
 def test_pseudo_label_run_scores_plain_and_refined_with_diagnostics(phantom_dir, tmp_path):

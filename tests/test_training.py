@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -292,8 +293,16 @@ def test_train_command(phantom_root, tmp_path, capsys, one_thread):
     assert summary["iterations"] == 2 and Path(summary["model"]).is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_1.pt", "checkpoint_2.pt"]
     assert (out / "config.yaml").is_file() and len(_rows(out / "metrics.csv")) == 2
+    original = (out / "config.yaml").read_text()
     assert main([*args[:-7], "--resume", "--iterations", "3", *args[-7:]]) == 0
     assert json.loads(capsys.readouterr().out)["iterations"] == 3
+    # the original config stays; the resumed options are recorded beside it
+    import yaml
+
+    assert (out / "config.yaml").read_text() == original
+    record = yaml.safe_load((out / "resumed_1.yaml").read_text())
+    assert record["changes"] == {"training.iterations": {"from": 2, "to": 3}}
+    assert record["checkpoint"].endswith("checkpoint_2.pt") and record["resumed_at"].endswith("Z")
     assert main(["train", "--config", str(PHANTOM_CONFIG), "--out", str(out), "--set", "bogus.key=1"]) == 2
 
 
@@ -325,3 +334,96 @@ def test_fold_option_excludes_the_folds_queries_and_support(tmp_path):
     assert config["data"]["exclude_scans"] == ["39"]  # the input is not modified
     with pytest.raises(ValueError, match="--fold 5 out of range 0..4"):
         exclude_fold(config, 5)
+
+
+# ------------------------------------------------------------------------------------------- generic folders
+
+
+def _generic_folder(phantom_root: Path, root: Path, with_labels: bool) -> Path:
+    """The phantoms as a user's data set: a folder of images (other names), labels in a separate float32 folder."""
+    import nibabel as nib
+
+    for k in range(4):
+        (root / "series").mkdir(parents=True, exist_ok=True)
+        (root / "series" / f"mr_{k}.nii.gz").symlink_to(phantom_root / f"case{k}_image.nii.gz")
+        if with_labels:
+            label = nib.load(phantom_root / f"case{k}_label.nii.gz")
+            values = np.asarray(label.dataobj).astype(np.float32) * 3.0  # arbitrary ids 3, 6, 9, 12, float dtype
+            (root / "masks").mkdir(exist_ok=True)
+            nib.save(nib.Nifti1Image(values, label.affine), root / "masks" / f"mr_{k}.nii.gz")
+    return root
+
+
+def _generic_args(root: Path, out: Path, *overrides: str) -> list[str]:
+    sets = [
+        f"data.root={root}",
+        "data.descriptor=generic",
+        "data.images=series",
+        "data.intensity=mri",
+        "data.phantoms=null",
+        "data.exclude_scans=[mr_3]",
+        "validation.support=null",
+        "validation.query=null",
+        "episodes.spatial_size=64",
+        "training.threads=1",
+        "training.tensorboard=false",
+        "training.log_interval=1",
+        *overrides,
+    ]
+    args = ["train", "--config", str(PHANTOM_CONFIG), "--out", str(out), "--iterations", "2", "--no-progress"]
+    return args + [f"--set={item}" for item in sets]
+
+
+def test_train_on_a_generic_folder_of_images_without_labels(phantom_root, tmp_path, capsys, caplog, one_thread):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    root = _generic_folder(phantom_root, tmp_path / "images_only", with_labels=False)
+    assert main(_generic_args(root, tmp_path / "run")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["iterations"] == 2 and summary["dataset"]["volumes"] == 3  # mr_3 excluded
+    # --no-progress: one line per log_interval with the loss and the rate
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration ")]
+    assert [line.split(":")[0] for line in lines] == ["iteration 1/2", "iteration 2/2"]
+    assert all(re.fullmatch(r"iteration \d/2: loss \d+\.\d{4}, \d+\.\d\d it/s, lr 1\.00e-03", x) for x in lines)
+
+    # setting 2 and validation need labels: one line naming the scans and where labels were looked for
+    caplog.clear()
+    assert main(_generic_args(root, tmp_path / "s2", "data.exclude_labels=[3]")) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"setting 2 (data.exclude_labels) needs the label file of scan(s) mr_0, mr_1, mr_2 (labels looked for in "
+        f"{root / 'labelsTr'}, {root / 'labels'}; set the label folder or glob)"
+    ]
+    caplog.clear()
+    assert main(_generic_args(root, tmp_path / "val", "validation.support=mr_2", "validation.query=mr_3")) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("validation (validation.support, validation.query) needs the ")
+    assert "scan(s) mr_2, mr_3 (" in errors[0]
+
+    # the generic template config and --fold: folds on the natural order of the file names, no labels needed
+    from fewshot_monai.cli.train import exclude_fold
+
+    config = load_config(REPO / "configs" / "train_generic_fold.yaml", [f"data.root={root}", "data.images=series"])
+    assert config["data"]["descriptor"] == "generic" and config["data"]["labels"] is None
+    assert exclude_fold(config, 0, n_folds=2)["data"]["exclude_scans"] == ["mr_0", "mr_1", "mr_2"]
+
+
+def test_train_on_a_generic_folder_with_float_labels_and_a_label_map(phantom_root, tmp_path, capsys, one_thread):
+    root = _generic_folder(phantom_root, tmp_path / "labelled", with_labels=True)
+    out = tmp_path / "run"
+    overrides = (
+        "data.labels=masks",
+        "data.label_map={liver: 3, spleen: 12}",
+        "data.exclude_labels=[12]",  # setting 2 without the spleen
+        "validation.support=mr_2",
+        "validation.query=mr_3",
+        "validation.interval=2",
+    )
+    assert main(_generic_args(root, out, *overrides)) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["iterations"] == 2
+    rows = _rows(out / "validation.csv")
+    assert [r["iteration"] for r in rows] == ["0", "2"] and set(rows[0]) >= {"val_dice_liver", "val_dice_spleen"}
+    assert float(rows[0]["val_dice_liver"]) > 0.3  # the float labels were read as ids 3 and 12 (0 if not)
+    assert summary["dataset"]["excluded_slices"] > 0  # slices showing label 12 dropped

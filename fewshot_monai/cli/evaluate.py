@@ -88,6 +88,8 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--organs", type=name_list, default=None, help="comma-separated organ names (default all)")
     parser.add_argument("--label-map", type=name_ids, default=None, help="name=id,... (required for generic)")
+    parser.add_argument("--images", default=None, help="generic: image folder or glob, relative to --data")
+    parser.add_argument("--labels", default=None, help="generic: label folder or glob, relative to --data")
     parser.add_argument("--intensity", default=None, help="intensity preset override (ct, mri, preprocessed, none)")
     parser.add_argument("--plane", choices=PLANE_CHOICES, default="auto", help=PLANE_HELP)
     parser.add_argument("--limit-queries", type=int, default=None, help="only the first N queries of each fold")
@@ -129,6 +131,8 @@ def config_from_args(args: argparse.Namespace):
         z_range_from=args.z_range_from,
         organs=args.organs,
         label_map=args.label_map,
+        images=args.images,
+        labels=args.labels,
         intensity=args.intensity,
         plane=args.plane,
         limit_queries=args.limit_queries,

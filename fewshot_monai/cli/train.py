@@ -59,13 +59,16 @@ def add_parser(subparsers) -> None:
 
 def exclude_fold(config: dict, fold: int, shots: int = 1, n_folds: int = 5) -> dict:
     """``config`` with fold ``fold``'s query and support scans added to ``data.exclude_scans``."""
-    from fewshot_monai.data.datasets import datalist, get_descriptor
+    from fewshot_monai.data.datasets import load_labelled_dataset
     from fewshot_monai.evaluation.folds import folds
 
     data = config["data"]
     if not data.get("root"):
         raise ValueError("--fold needs data.root (a dataset folder)")
-    all_folds = folds(datalist(data["root"], get_descriptor(data["descriptor"])), n_folds=n_folds, shots=shots)
+    order = load_labelled_dataset(
+        data["root"], data["descriptor"], images=data.get("images"), labels=data.get("labels"), require_labels=False
+    ).order
+    all_folds = folds(order, n_folds=n_folds, shots=shots)
     if not 0 <= fold < len(all_folds):
         raise ValueError(f"--fold {fold} out of range 0..{len(all_folds) - 1}")
     chosen = all_folds[fold]

@@ -44,6 +44,7 @@ __all__ = [
     "is_dicom_file",
     "LabelledDataset",
     "load_labelled_dataset",
+    "labels_location",
     "nnunet_datalist",
     "nnunet_label_map",
 ]
@@ -472,13 +473,35 @@ class LabelledDataset:
     modality: str
 
 
-def _generic_items(root: Path) -> tuple[list[dict], dict[str, int]]:
-    """Cases of a generic folder: an nnU-Net raw folder (imagesTr/, labelsTr/) or images/ + labels/ by stem."""
+def _generic_items(
+    root: Path, images: str | None = None, labels: str | None = None
+) -> tuple[list[dict], dict[str, int]]:
+    """Cases of a generic folder and the label map it declares (nnU-Net ``dataset.json``; else empty).
+
+    ``images``/``labels`` (a folder or glob, relative to ``root`` unless absolute) choose the files; without them:
+    an nnU-Net raw folder (``imagesTr/``, ``labelsTr/``), else ``images/`` (+ ``labels/`` if present), else the
+    volumes in ``root`` itself (no labels). Images and labels are paired by stem (:func:`generic_datalist`).
+    """
+    if images is not None:
+        labels_spec = None if labels is None else str(root / labels)
+        return generic_datalist(str(root / images), labels_spec), nnunet_label_map(root)
     if (root / "imagesTr").is_dir():
-        return nnunet_datalist(root)
-    if (root / "images").is_dir() and (root / "labels").is_dir():
-        return generic_datalist(str(root / "images"), str(root / "labels")), {}
-    raise UnreadableFileError(root, "generic data must hold imagesTr/ + labelsTr/ (nnU-Net) or images/ + labels/")
+        if (root / "labelsTr").is_dir():
+            return nnunet_datalist(root)
+        return generic_datalist(str(root / "imagesTr"), labels), nnunet_label_map(root)
+    if (root / "images").is_dir():
+        found = str(root / (labels or "labels")) if labels or (root / "labels").is_dir() else None
+        return generic_datalist(str(root / "images"), found), {}
+    labels = labels or ("labels" if (root / "labels").is_dir() else None)
+    return generic_datalist(str(root), None if labels is None else str(root / labels)), {}
+
+
+def labels_location(root: str | os.PathLike, labels: str | None = None) -> str:
+    """Where a generic data set's label files are looked for (``labels`` relative to ``root``), for error messages."""
+    root = Path(root)
+    if labels is not None:
+        return f"labels looked for in {root / labels}"
+    return f"labels looked for in {root / 'labelsTr'}, {root / 'labels'}; set the label folder or glob"
 
 
 def load_labelled_dataset(
@@ -487,39 +510,52 @@ def load_labelled_dataset(
     label_map: dict[str, int] | None = None,
     organs: list[str] | None = None,
     intensity: str | None = None,
+    *,
+    images: str | None = None,
+    labels: str | None = None,
+    require_labels: bool = True,
 ) -> LabelledDataset:
-    """Every labelled case of ``data`` for an evaluation.
+    """Every case of ``data``: the labelled cases of an evaluation, or (``require_labels=False``) training scans.
 
     Args:
         data: the data folder.
-        dataset: a descriptor name (``chaos``, ``sabs``, ``phantom``) or ``generic`` (an nnU-Net raw folder, or
-            ``images/`` + ``labels/`` paired by stem; its organs come from ``label_map`` or nnU-Net's dataset.json).
+        dataset: a descriptor name (``chaos``, ``sabs``, ``phantom``) or ``generic``: any folder of volumes
+            (see :func:`_generic_items`: nnU-Net raw, ``images/`` + ``labels/``, or the images themselves), its
+            organs from ``label_map`` or nnU-Net's dataset.json.
         label_map: organ name -> label id (overrides the descriptor's).
         organs: the descriptor's organs to keep (default: all).
         intensity: intensity preset override (default: the descriptor's; ``preprocessed`` for generic data).
+        images, labels: generic data only: the image and label folders or globs, relative to ``data``
+            (``"scans/*.nii.gz"``, ``"../segmentations"``); ``labels`` may be None (training without labels).
+        require_labels: every case needs a label and the label map must be known (evaluation); False lists
+            images without labels too (``label: None``) and allows an empty label map (self-supervised training).
 
     Raises:
-        UnreadableFileError: the folder does not exist or has no recognised layout; InputError: a scan has no
-        label; ValueError: no label map.
+        UnreadableFileError: the folder does not exist or holds no image; InputError: a scan has no label
+        (``require_labels``); ValueError: no label map (``require_labels``).
     """
     root = Path(data)
     if not root.is_dir():
         raise UnreadableFileError(root, "data folder does not exist")
     if dataset == "generic":
-        items, found_map = _generic_items(root)
+        items, found_map = _generic_items(root, images, labels)
         label_map = dict(label_map or found_map)
         intensity = intensity or "preprocessed"
         modality = "ct" if intensity == "ct" else "mri"
     else:
+        if images is not None or labels is not None:
+            raise ValueError(f"image/label patterns are for generic data; {dataset!r} has its own layout")
         descriptor = get_descriptor(dataset)
         label_map = dict(label_map) if label_map else descriptor.organ_ids(organs)
         intensity = intensity or descriptor.intensity
         modality = descriptor.modality
         items = datalist(root, descriptor)
-    if not label_map:
+    if not label_map and require_labels:
         raise ValueError(f"no label map for {root}: pass label_map (--label-map name=id,...)")
     items = [dict(item, id=str(item["id"])) for item in items]
     missing = [item["id"] for item in items if not item.get("label")]
-    if missing:
-        raise InputError(root, f"the evaluation needs a label for every scan; none for {missing}")
+    if missing and require_labels:
+        raise InputError(
+            root, f"the evaluation needs a label for every scan; none for {missing} ({labels_location(root, labels)})"
+        )
     return LabelledDataset({i["id"]: i for i in items}, [i["id"] for i in items], label_map, intensity, str(modality))

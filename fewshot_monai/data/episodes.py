@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -277,8 +278,14 @@ def load_training_volumes(
 
     params = params or SuperpixelParams()
     cache = SuperpixelCache(cache_dir) if cache_dir is not None else None
+    cases = list(cases)
+    cached = sum(cache.is_done(c["image"], params, intensity) for c in cases) if cache is not None else 0
+    logger.info(
+        "loading %d training scans (superpixels: %d cached, %d to compute)", len(cases), cached, len(cases) - cached
+    )
+    start = time.perf_counter()
     out = []
-    for case in tqdm(list(cases), desc="loading scans", unit="scan", disable=not progress, leave=False):
+    for case in tqdm(cases, desc="loading scans", unit="scan", disable=not progress, leave=False):
         label = case.get("label")
         if with_labels and not label:
             raise InputError(
@@ -294,6 +301,7 @@ def load_training_volumes(
         else:
             sp = torch.from_numpy(superpixel_volume(loaded["image"], params))
         out.append({"id": str(loaded["id"]), "image": loaded["image"], "superpixels": sp, "label": loaded["label"]})
+    logger.info("loaded %d training scans in %.0f s", len(out), time.perf_counter() - start)
     return out
 
 

@@ -216,7 +216,7 @@ class LoadVolume(Transform):
             check_label_values(img, source=source)
             if img.numel() and (int(img.min()) < _INT16.min or int(img.max()) > _INT16.max):
                 raise InputError(source, f"label ids {int(img.min())}..{int(img.max())} do not fit int16")
-            return img.to(LABEL_DTYPE)
+            return (img.round() if img.is_floating_point() else img).to(LABEL_DTYPE)  # 5.9999995 -> 6
         img = img.to(IMAGE_DTYPE)
         check_finite(img, source=source)  # after the cast: float64 values beyond float32 become inf too
         return img

@@ -42,6 +42,7 @@ from monai.handlers import LrScheduleHandler, TensorBoardStatsHandler
 from monai.utils import CommonKeys as Keys
 from monai.utils import optional_import
 
+from fewshot_monai.data.datasets import LabelledDataset
 from fewshot_monai.data.episodes import EpisodeLoader, SuperpixelEpisodeDataset, load_training_volumes
 from fewshot_monai.engines.handlers import CSVLogger, OneShotValidation
 from fewshot_monai.transforms.superpixels import SuperpixelParams
@@ -68,8 +69,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "seed": 0,
     "data": {
         "root": None,  # dataset folder (relative paths are relative to the working directory)
-        "descriptor": "chaos",  # chaos | sabs | phantom
-        "intensity": None,  # intensity preset; null: the descriptor's
+        "descriptor": "chaos",  # chaos | sabs | phantom | phantom_ct | generic (any folder of volumes)
+        "images": None,  # generic: image folder or glob relative to root (null: imagesTr/, images/ or root)
+        "labels": None,  # generic: label folder or glob relative to root (null: labelsTr/ or labels/ if present)
+        "label_map": None,  # generic: {organ: label id} for validation (null: nnU-Net dataset.json)
+        "intensity": None,  # intensity preset; null: the descriptor's (generic: preprocessed)
         "plane": "auto",  # slicing plane: auto (acquisition plane) | stored | axial | coronal | sagittal
         "scans": None,  # ids to train on; null: all
         "exclude_scans": [],  # ids never used for training (a fold's support/query scans)
@@ -102,6 +106,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "keep_checkpoints": 2,
         "snapshot_interval": None,
         "progress": True,
+        "log_interval": 50,  # without a progress bar: one log line (loss, it/s) every N iterations
         "tensorboard": True,
         "threads": None,
         "device": "cpu",
@@ -337,11 +342,11 @@ def _scalar_outputs(output: Mapping | None) -> dict | None:
     return {k: float(torch.as_tensor(output[k]).detach()) for k in (Keys.LOSS, "ce_loss", "align_loss") if k in output}
 
 
-def _select_cases(config: Mapping, out_dir: Path) -> tuple[list[dict], Any, Path]:
-    from fewshot_monai.data.datasets import datalist, get_descriptor
+def _select_cases(config: Mapping, out_dir: Path) -> tuple[list[dict], LabelledDataset]:
+    """The training scans (``data.scans`` minus ``data.exclude_scans``) and the whole data set they come from."""
+    from fewshot_monai.data.datasets import get_descriptor, load_labelled_dataset
 
     data = config["data"]
-    descriptor = get_descriptor(data["descriptor"])
     root = data["root"]
     if root is None:
         if not data.get("phantoms"):
@@ -351,22 +356,44 @@ def _select_cases(config: Mapping, out_dir: Path) -> tuple[list[dict], Any, Path
     if data.get("phantoms"):
         from fewshot_monai.data.phantoms import make_phantom_dataset
 
+        descriptor = get_descriptor(data["descriptor"])
         spec = dict(data["phantoms"])
         n = int(spec.pop("n", 4))
         if not all((root / descriptor.image_pattern.format(id=f"case{k}")).is_file() for k in range(n)):
             logger.info("generating %d phantoms in %s", n, root)
             make_phantom_dataset(root, n=n, **{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
-    cases = datalist(root, descriptor)
-    known = {c["id"] for c in cases}
-    wanted = [str(s) for s in data["scans"]] if data.get("scans") is not None else [c["id"] for c in cases]
+    dataset = load_labelled_dataset(
+        root,
+        str(data["descriptor"]),
+        label_map=data.get("label_map"),
+        organs=config["validation"].get("organs"),
+        intensity=data.get("intensity"),
+        images=data.get("images"),
+        labels=data.get("labels"),
+        require_labels=False,
+    )
+    known = set(dataset.order)
+    wanted = [str(s) for s in data["scans"]] if data.get("scans") is not None else list(dataset.order)
     excluded = {str(s) for s in data.get("exclude_scans") or ()}
     missing = sorted((set(wanted) | excluded) - known)
     if missing:
         raise ValueError(f"scan id(s) {missing} are not in {root} (known: {sorted(known)})")
-    chosen = [c for c in cases if c["id"] in set(wanted) and c["id"] not in excluded]
+    chosen = [dataset.items[i] for i in dataset.order if i in set(wanted) and i not in excluded]
     if not chosen:
         raise ValueError("no training scan left after data.scans / data.exclude_scans")
-    return chosen, descriptor, root
+    return chosen, dataset
+
+
+def _needs_labels(what: str, cases: Sequence[Mapping], config: Mapping, root) -> None:
+    """One clear error listing the scans without a label file, when ``what`` needs them."""
+    from fewshot_monai.data.datasets import labels_location
+
+    missing = [str(c["id"]) for c in cases if not c.get("label")]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise ValueError(
+            f"{what} needs the label file of scan(s) {shown} ({labels_location(root, config['data'].get('labels'))})"
+        )
 
 
 def _build_scheduler(optimizer, cfg: Mapping):
@@ -441,12 +468,62 @@ class TrainingRun:
         return summary
 
 
+class _IterationLog:
+    """Logs ``iteration i/N: loss ..., x it/s, lr ...`` every ``every`` iterations (the rate since the last line)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+        self.last: tuple[int, float] = (0, time.perf_counter())
+
+    def attach(self, trainer: SelfSupervisedTrainer, every: int) -> None:
+        trainer.add_event_handler(Events.STARTED, self.start)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=every), self)
+
+    def start(self, engine: Engine) -> None:
+        self.last = (int(engine.state.iteration), time.perf_counter())
+
+    def __call__(self, engine: SelfSupervisedTrainer) -> None:
+        now, iteration = time.perf_counter(), int(engine.state.iteration)
+        rate = (iteration - self.last[0]) / max(now - self.last[1], 1e-9)
+        self.last = (iteration, now)
+        loss = (_scalar_outputs(engine.state.output) or {}).get(Keys.LOSS, float("nan"))
+        lr = self.optimizer.param_groups[0]["lr"]
+        logger.info("iteration %d/%d: loss %.4f, %.2f it/s, lr %.2e", iteration, engine.iterations, loss, rate, lr)
+
+
 def _save_snapshot(network: torch.nn.Module, out_dir: Path, engine: Engine) -> None:
     """Write ``out_dir/snapshots/model_<iteration>.pt`` (the network's state dict, atomically)."""
     path = out_dir / "snapshots" / f"model_{engine.state.iteration}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, tmp)
+
+
+def _changes(old: Any, new: Any, path: str = "") -> dict:
+    """``{"dotted.key": {"from": old, "to": new}}`` for every leaf that differs between two configs."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = {}
+        for key in list(old) + [k for k in new if k not in old]:
+            out.update(_changes(old.get(key), new.get(key), f"{path}{key}."))
+        return out
+    return {} if old == new else {path.rstrip("."): {"from": old, "to": new}}
+
+
+def _record_resume(out_dir: Path, config: Mapping, checkpoint: Path) -> Path:
+    """Write ``resumed_<n>.yaml`` beside the original ``config.yaml``: when, from which checkpoint, what changed."""
+    with open(out_dir / "config.yaml") as f:
+        original = yaml.safe_load(f) or {}
+    n = 1 + sum(1 for _ in out_dir.glob("resumed_*.yaml"))
+    record = {
+        "resumed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "checkpoint": str(checkpoint),
+        "changes": _changes(original, dict(config)),
+    }
+    path = out_dir / f"resumed_{n}.yaml"
+    with atomic_write(path) as f:
+        yaml.safe_dump(record, f, sort_keys=False)
+    logger.info("resuming: %s changed from config.yaml (%s)", ", ".join(record["changes"]) or "nothing", path.name)
+    return path
 
 
 def _check_resume_config(stored_path: Path, config: Mapping) -> None:
@@ -499,12 +576,15 @@ def build_training(
         if resume_path is None:
             raise ValueError(f"--resume: no checkpoint in {ckpt_dir}")
         _check_resume_config(out_dir / "config.yaml", config)
-    with atomic_write(out_dir / "config.yaml") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
+    if resume and (out_dir / "config.yaml").is_file():
+        _record_resume(out_dir, config, resume_path)  # config.yaml stays the original run's
+    else:
+        with atomic_write(out_dir / "config.yaml") as f:
+            yaml.safe_dump(config, f, sort_keys=False)
 
     # data
-    cases, descriptor, _root = _select_cases(config, out_dir)
-    intensity = config["data"]["intensity"] or descriptor.intensity
+    cases, labelled = _select_cases(config, out_dir)
+    intensity = labelled.intensity
     params = SuperpixelParams(
         min_size=int(scfg["min_size"]),
         sigma=float(scfg["sigma"]),
@@ -513,6 +593,20 @@ def build_training(
     )
     exclude_labels = [int(v) for v in config["data"]["exclude_labels"] or ()]
     plane = config["data"]["plane"]
+    if exclude_labels:
+        _needs_labels("setting 2 (data.exclude_labels)", cases, config, config["data"]["root"])
+    vcfg = config["validation"]
+    validation_ids = [vcfg.get(role) for role in ("support", "query")]
+    if any(v is not None for v in validation_ids):
+        if None in validation_ids:
+            raise ValueError("validation needs both validation.support and validation.query scan ids")
+        unknown = [str(v) for v in validation_ids if str(v) not in labelled.items]
+        if unknown:
+            raise ValueError(f"validation scan(s) {unknown} are not in the data set (known: {labelled.order})")
+        picked_cases = [labelled.items[str(v)] for v in validation_ids]
+        _needs_labels("validation (validation.support, validation.query)", picked_cases, config, config["data"]["root"])
+        if not labelled.label_map:
+            raise ValueError("validation needs the organs' label ids: set data.label_map, e.g. {liver: 1, spleen: 6}")
     volumes = load_training_volumes(
         cases,
         intensity,
@@ -588,34 +682,33 @@ def build_training(
         else:
             logger.info("tensorboard is not installed: logging to metrics.csv only")
 
-    vcfg = config["validation"]
-    if vcfg.get("support") is not None or vcfg.get("query") is not None:
-        if vcfg.get("support") is None or vcfg.get("query") is None:
-            raise ValueError("validation needs both validation.support and validation.query scan ids")
-        from fewshot_monai.data.datasets import datalist
-
-        by_id = {c["id"]: c for c in datalist(_root, descriptor)}
-        picked = {}
-        for role in ("support", "query"):
-            case = by_id.get(str(vcfg[role]))
-            if case is None or not case.get("label"):
-                raise ValueError(f"validation.{role} scan {vcfg[role]!r} is not a labelled scan of {_root}")
-            picked[role] = load_case(
+    if any(v is not None for v in validation_ids):
+        picked = {
+            role: load_case(
                 case["image"], case["label"], intensity=intensity, case_id=case["id"], plane=config["data"]["plane"]
             )
+            for role, case in zip(("support", "query"), picked_cases)
+        }
         if str(vcfg["query"]) in {c["id"] for c in cases}:
             logger.warning("validation query scan %s is also a training scan (add it to exclude_scans)", vcfg["query"])
+        organs = vcfg.get("organs")
+        unknown = [o for o in organs or () if o not in labelled.label_map]
+        if unknown:
+            raise ValueError(f"validation.organs {unknown} are not in the label map {labelled.label_map}")
         OneShotValidation(
             network,
             picked["support"],
             picked["query"],
-            descriptor.organ_ids(vcfg.get("organs")),
+            {o: labelled.label_map[o] for o in organs or labelled.label_map},
             interval=int(vcfg["interval"]),
             spatial_size=size,
             csv_path=out_dir / "validation.csv",
             summary_writer=writer,
         ).attach(trainer)
 
+    log_every = int(tcfg.get("log_interval") or 0)
+    if not show and log_every > 0:  # logs and batch schedulers: a line a person can follow
+        _IterationLog(optimizer).attach(trainer, log_every)
     if show:
         from ignite.handlers import ProgressBar
 

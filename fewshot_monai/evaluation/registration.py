@@ -44,11 +44,14 @@ __all__ = [
     "fuse_organ",
 ]
 
-INSTALL_HINT = "pip install fewshot-monai[registration]"
+INSTALL_HINT = (
+    "pip install 'fewshot-monai[registration]' (from a clone: pip install -e '.[registration]'), "
+    "which installs itk-elastix 0.25.4 with the itk 5.4.7 it is built for"
+)
 
 
 class RegistrationUnavailableError(FewShotError, RuntimeError):
-    """itk-elastix is not installed."""
+    """itk-elastix is not installed, or does not load (e.g. built for another itk version)."""
 
 
 class RegistrationFailedError(InputError):
@@ -92,6 +95,9 @@ class RegistrationWorker:
         startup_timeout: seconds allowed for the worker to load itk-elastix.
     """
 
+    #: the worker's command (without ``--threads``); tests replace it to simulate a broken install
+    command: tuple[str, ...] = (sys.executable, "-m", "fewshot_monai.evaluation.registration_worker", "--serve")
+
     def __init__(self, threads: int | None = 2, timeout: float = 900.0, startup_timeout: float = 600.0):
         self.threads = threads
         self.timeout = float(timeout)
@@ -107,11 +113,24 @@ class RegistrationWorker:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def start(self) -> RegistrationWorker:
+        """Start the worker now (it loads itk-elastix, ~20 s) unless it is running; returns ``self``.
+
+        This is the check that elastix works, in a torch-free subprocess: call it before any other work.
+
+        Raises:
+            RegistrationUnavailableError: itk-elastix is not installed or does not load (one line: the problem
+                and the install command).
+        """
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+        return self
+
     def _start(self) -> None:
         from fewshot_monai.evaluation.registration_worker import MARKER
 
         require_elastix()
-        cmd = [sys.executable, "-m", "fewshot_monai.evaluation.registration_worker", "--serve"]
+        cmd = list(self.command)
         if self.threads:
             cmd += ["--threads", str(int(self.threads))]
         env = dict(os.environ)
@@ -122,7 +141,17 @@ class RegistrationWorker:
         )
         self._lines = queue.Queue()
         threading.Thread(target=self._pump, args=(self._proc.stdout, self._lines, MARKER), daemon=True).start()
-        reply = self._next(self.startup_timeout, "starting the registration worker")
+        try:
+            reply = self._next(self.startup_timeout, "starting the registration worker")
+        except RegistrationFailedError as err:
+            raise RegistrationUnavailableError(
+                f"the registration worker did not start ({err.problem}); install a matching pair: {INSTALL_HINT}"
+            ) from None
+        if not reply.get("ready"):
+            self.close()
+            raise RegistrationUnavailableError(
+                f"itk-elastix does not work here ({reply.get('error')}); install a matching pair: {INSTALL_HINT}"
+            )
         self.startup_seconds = float(reply.get("seconds", 0.0))
 
     @staticmethod
@@ -153,8 +182,7 @@ class RegistrationWorker:
 
     def register(self, fixed, moving, moving_label, out, **iterations) -> float:
         """Register ``moving`` to ``fixed`` and write the warped ``moving_label`` to ``out``; returns seconds."""
-        if self._proc is None or self._proc.poll() is not None:
-            self._start()
+        self.start()
         job = {"fixed": str(fixed), "moving": str(moving), "moving_label": str(moving_label), "out": str(out)}
         job.update({k: int(v) for k, v in iterations.items() if v is not None})
         self._proc.stdin.write(json.dumps(job) + "\n")

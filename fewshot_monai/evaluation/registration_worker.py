@@ -8,7 +8,9 @@ image grid, writes it and prints one JSON line (``{"seconds": ..., "out": ...}``
 Server: ``python -m fewshot_monai.evaluation.registration_worker --serve`` loads itk-elastix once (importing its
 Python wrapping takes ~20 s) and then reads one JSON job per line on stdin (the keyword arguments of
 :func:`register_and_warp`), answering each with one line ``MARKER {"ok": true, "seconds": ...}`` or
-``MARKER {"ok": false, "error": ...}`` on stdout; the first line is ``MARKER {"ready": true, "seconds": ...}``.
+``MARKER {"ok": false, "error": ...}`` on stdout; the first line is ``MARKER {"ready": true, "seconds": ...}``,
+or ``MARKER {"ready": false, "error": ...}`` (and exit) when itk-elastix does not load (:func:`elastix_problem`).
+``--check`` only runs that check and prints its result.
 
 This module must never import torch: itk-elastix has crashed (segfault) on our machines when torch is loaded in
 the same process, which is why :mod:`fewshot_monai.evaluation.registration` runs it in a separate process. It only
@@ -33,7 +35,7 @@ import os
 import sys
 import time
 
-__all__ = ["MARKER", "parameter_maps", "register_and_warp", "serve", "main"]
+__all__ = ["MARKER", "elastix_problem", "parameter_maps", "register_and_warp", "serve", "main"]
 
 #: prefix of every protocol line the server writes on stdout (anything else there is library noise)
 MARKER = "@@fewshot-registration@@ "
@@ -132,6 +134,36 @@ def register_and_warp(
     return {"seconds": round(time.perf_counter() - start, 3), "out": str(out)}
 
 
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("itk", "itk-core", "itk-elastix"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def elastix_problem() -> str | None:
+    """None when itk-elastix loads and builds our parameter maps here, else the problem in one line.
+
+    Loads the elastix wrapping (``itk.ParameterObject``; ~20 s) the way every job uses it; a mismatched
+    itk / itk-elastix pair typically fails here with ``module 'itk' has no attribute 'ParameterObject'``.
+    """
+    try:
+        itk = _import_itk()
+        itk.ParameterObject  # noqa: B018  (loads the elastix wrapping now, not during the first job)
+        parameter_maps(1, 1)
+    except Exception as err:  # any failure means: no working elastix in this environment
+        versions = ", ".join(f"{k} {v or 'missing'}" for k, v in _versions().items())
+        return f"{type(err).__name__}: {err} ({versions})".replace("\n", " ")
+    if "torch" in sys.modules:
+        return "itk imported torch; elastix must not run next to it"
+    return None
+
+
 def _reply(payload: dict) -> None:
     sys.stdout.write(MARKER + json.dumps(payload) + "\n")
     sys.stdout.flush()
@@ -140,11 +172,11 @@ def _reply(payload: dict) -> None:
 def serve(threads: int | None = None) -> int:
     """Answer JSON jobs read line by line from stdin until it closes (see the module docstring)."""
     start = time.perf_counter()
-    itk = _import_itk()
-    itk.ParameterObject  # noqa: B018  (loads the elastix wrapping now, not during the first job)
-    if "torch" in sys.modules:
-        raise RuntimeError("itk imported torch; refusing to run elastix next to it")
-    _reply({"ready": True, "seconds": round(time.perf_counter() - start, 3)})
+    problem = elastix_problem()
+    if problem is not None:
+        _reply({"ready": False, "error": problem})
+        return 1
+    _reply({"ready": True, "seconds": round(time.perf_counter() - start, 3), "versions": _versions()})
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -160,6 +192,7 @@ def serve(threads: int | None = None) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", action="store_true", help="read JSON jobs from stdin (see the module docstring)")
+    parser.add_argument("--check", action="store_true", help="check that itk-elastix works here; exit 1 if not")
     parser.add_argument("--fixed", help="target (query) image")
     parser.add_argument("--moving", help="atlas (support) image")
     parser.add_argument("--moving-label", help="atlas label map, warped with nearest neighbour")
@@ -170,6 +203,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.serve:
         return serve(args.threads)
+    if args.check:
+        problem = elastix_problem()
+        print(problem or f"itk-elastix works: {_versions()}")
+        return 1 if problem else 0
     missing = [name for name in ("fixed", "moving", "moving_label", "out") if getattr(args, name) is None]
     if missing:
         parser.error("one job needs --fixed, --moving, --moving-label and --out (or use --serve)")

@@ -84,6 +84,8 @@ class EvaluationConfig:
             Neither reads the query label.
         organs: organ names to evaluate (default: every organ of the label map).
         label_map: organ name -> label id, required for ``generic`` (overrides the descriptor's otherwise).
+        images, labels: ``generic`` only: image and label folders or globs relative to ``data`` (default:
+            nnU-Net ``imagesTr``/``labelsTr``, else ``images/`` + ``labels/``).
         intensity: intensity preset override (default: the descriptor's).
         plane: slicing plane of every scan (:mod:`fewshot_monai.transforms.plane`; ``auto``: its acquisition plane).
         limit_queries: evaluate only the first N queries of each fold (quick runs).
@@ -125,6 +127,8 @@ class EvaluationConfig:
     z_range_from: str = "network"
     organs: list[str] | None = None
     label_map: dict[str, int] | None = None
+    images: str | None = None
+    labels: str | None = None
     intensity: str | None = None
     plane: str = "auto"
     limit_queries: int | None = None
@@ -272,7 +276,9 @@ class _EvaluationRun:
         if self.adaptation is not None and self.adaptation.iterations == 0:
             self.adaptation = None
         self.adapted: dict[int, dict] = {}
-        self.data = load_labelled_dataset(cfg.data, cfg.dataset, cfg.label_map, cfg.organs, cfg.intensity)
+        self.data = load_labelled_dataset(
+            cfg.data, cfg.dataset, cfg.label_map, cfg.organs, cfg.intensity, images=cfg.images, labels=cfg.labels
+        )
         self.organs = list(cfg.organs) if cfg.organs else list(self.data.label_map)
         unknown = [o for o in self.organs if o not in self.data.label_map]
         if unknown:
@@ -284,6 +290,8 @@ class _EvaluationRun:
             raise ValueError(f"fold index(es) {bad} out of range 0..{len(self.all_folds) - 1}")
         self.models = FoldModels(cfg.model, cfg.setting, self.data.modality)
         self.models.check(self.indices)
+        if self.worker is not None:
+            self.worker.start()  # elastix must load (torch-free subprocess) before any work: one-line error if not
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         plain = [PLAIN_METHOD_NAME] if self.pseudo_label is not None else []
@@ -560,6 +568,8 @@ class _EvaluationRun:
             "z_range_from": cfg.z_range_from,
             "organs": self.organs,
             "label_map": {o: data.label_map[o] for o in self.organs},
+            "images": cfg.images,
+            "labels": cfg.labels,
             "intensity": data.intensity,
             "limit_queries": cfg.limit_queries,
             "n_chunks": cfg.n_chunks,

@@ -30,6 +30,7 @@ __all__ = [
     "check_finite",
     "check_geometry",
     "check_label_values",
+    "LABEL_INTEGER_ATOL",
     "EnsureVolume",
     "EnsureVolumed",
     "CheckGeometryd",
@@ -102,19 +103,28 @@ def check_finite(data, *, source: str | None = None) -> None:
     )
 
 
+LABEL_INTEGER_ATOL = 1e-3
+"""A float label voxel within this distance of an integer counts as that integer (float conversions of label maps
+leave values such as 5.9999995); :class:`~fewshot_monai.data.io.LoadVolume` rounds them."""
+
+
 def check_label_values(data, *, source: str | None = None) -> None:
-    """Raise :class:`InputError` if a label map holds non-integer values (for example an image passed as label)."""
+    """Raise :class:`InputError` if a label map holds non-integer values (for example an image passed as label).
+
+    Float label maps are accepted when every value is an integer up to :data:`LABEL_INTEGER_ATOL` (label maps
+    converted to float32/float64 by other tools).
+    """
     source = source or source_of(data)
     t = torch.as_tensor(data.as_tensor() if isinstance(data, MetaTensor) else data)
     if not t.is_floating_point():
         return
     check_finite(t, source=source)
-    frac = t != torch.round(t)
+    frac = (t - torch.round(t)).abs() > LABEL_INTEGER_ATOL
     if bool(frac.any()):
         example = float(t[frac].flatten()[0])
         raise InputError(
             source,
-            f"label map has {int(frac.sum())} non-integer voxels (e.g. {example:g}); "
+            f"label map has {int(frac.sum())} non-integer voxels (e.g. {example:.6g}); "
             "expected integer label ids (is this an image rather than a label?)",
         )
 
