@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["name_list", "int_list", "name_ids", "add_dataset_arguments", "dataset_from_args", "PLANE_CHOICES", "PLANE_HELP"]
+__all__ = [
+    "name_list",
+    "int_list",
+    "name_ids",
+    "add_dataset_arguments",
+    "dataset_from_args",
+    "PLANE_CHOICES",
+    "PLANE_HELP",
+]
 
 #: the ``--plane`` choices: :data:`fewshot_monai.transforms.plane.PLANES` (repeated here so that help stays instant
 #: without importing MONAI; a test checks they agree)

@@ -11,8 +11,8 @@ scores that slice again against its chunk's support bank *plus* these prototypes
 It is the "self-support" idea of query-guided few-shot segmentation (prototypes taken from the query's own
 prediction, Fan et al., ECCV 2022; the query-guided refinement of the Q-Net, RPT and GMRD line), applied per slice
 on top of this project's local-prototype scoring. Unlike ``window``
-(:class:`~fewshot_monai.pseudolabel.SupportExpansion`), which moves confident slices of the query into the support of *every* slice of their chunk, a slice here only
-ever sees its own prototypes.
+(:class:`~fewshot_monai.pseudolabel.SupportExpansion`), which moves confident slices of the query into the support
+of *every* slice of their chunk, a slice here only ever sees its own prototypes.
 """
 
 from __future__ import annotations
