@@ -43,7 +43,7 @@ def table(results: Path = RESULTS) -> str:
     for title, folder, target in ROWS:
         path = results / folder / "summary.json"
         if not path.is_file():
-            lines.append(f"| {title} | not measured with this method yet (fold 0: docs/accuracy.md) | | | | | | "
+            lines.append(f"| {title} | not measured with this method yet (docs/accuracy.md) | | | | | | "
                          f"{'' if target is None else f'{target:.2f}'} |")  # fmt: skip
             continue
         s = json.loads(path.read_text())
