@@ -390,7 +390,7 @@ class _EvaluationRun:
         queries = list(fold.query_ids)[: cfg.limit_queries] if cfg.limit_queries else list(fold.query_ids)
         bar = tqdm(queries, desc=f"fold {fold.index} scans", unit="scan", leave=False, disable=not cfg.progress)
         for scan in bar:
-            self.run_query(fold, scan, segmenter)
+            self.run_query(fold, scan, segmenter, supports[0]["image"])
             self.log_query(fold, scan)
         done = [r["dice"] for r in self.rows if r["method"] == METHOD_NAME and r["fold"] == fold.index]
         if done:
@@ -404,9 +404,11 @@ class _EvaluationRun:
             seconds = self.query_seconds[METHOD_NAME].get(f"{fold.index}/{scan}", 0.0)
             logger.info("fold %d scan %s: %s (%.1f s)", fold.index, scan, dice, seconds)
 
-    def run_query(self, fold: Fold, scan: str, segmenter) -> None:
-        try:
-            query = self.load(scan)
+    def run_query(self, fold: Fold, scan: str, segmenter, support_image) -> None:
+        from fewshot_monai.batch import match_plane
+
+        try:  # a query cut in another plane than the support is resampled into the support's (logged), label too
+            query = match_plane(self.load(scan), support_image)
         except InputError as err:
             self.skip("all", fold.index, scan, None, str(err))
             return
