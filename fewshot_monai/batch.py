@@ -72,6 +72,9 @@ class SegmentOptions:
         n_chunks, spatial_size: the few-shot protocol's options.
         progress: show a progress bar.
         extra: further :class:`~fewshot_monai.inferers.FewShotSegmenter` options (``min_agreement``, ...).
+        model: a self-trained student checkpoint (``fewshot-monai selftrain``); it segments with no support (its
+            organs and intensity preset come from the checkpoint; ``intensity`` overrides the latter), and the
+            few-shot options above are not used.
     """
 
     organs: dict[str, int] | None = None
@@ -89,6 +92,7 @@ class SegmentOptions:
     spatial_size: int = 256
     progress: bool = True
     extra: dict = field(default_factory=dict)
+    model: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("save_probabilities", "overlays", "progress"):  # "false" from a bundle's command line
@@ -100,6 +104,9 @@ class SegmentOptions:
 
     def recorded(self) -> dict:
         """The options that change a case's outputs (part of its fingerprint)."""
+        if self.model:  # a student: only these change its outputs (its file is hashed as the weights)
+            return {"model": "student", "intensity": self.intensity, "series": self.series,
+                    "save_probabilities": bool(self.save_probabilities), "overlays": bool(self.overlays)}  # fmt: skip
         return {
             "organs": self.organs,
             "intensity": self.intensity or self.modality,
@@ -344,12 +351,19 @@ def segment_folder(
     started = time.perf_counter()
     output = Path(output)
     cases, ignored = find_volumes(input)
-    intensity = options.intensity or options.modality
-    supports = load_supports(list(support_images), list(support_labels), intensity)
-    organs = dict(options.organs) if options.organs else _default_organs(supports[0]["label"])
-    from fewshot_monai.zoo import shipped_weights
+    if options.model:  # a self-trained student: no support
+        from fewshot_monai.networks.student import load_student
 
-    weights = Path(options.weights) if options.weights else shipped_weights(options.modality)
+        student = load_student(options.model)[1]
+        supports, organs, weights = [], student.organs, Path(options.model)
+        intensity = options.intensity or student.intensity
+    else:
+        intensity = options.intensity or options.modality
+        supports = load_supports(list(support_images), list(support_labels), intensity)
+        organs = dict(options.organs) if options.organs else _default_organs(supports[0]["label"])
+        from fewshot_monai.zoo import shipped_weights
+
+        weights = Path(options.weights) if options.weights else shipped_weights(options.modality)
     recorded = {**options.recorded(), "organs": organs, writer.name: writer.recorded()}
     print_key = fingerprint(support_images, support_labels, weights, recorded)
     rank, world = _distributed()
@@ -401,6 +415,11 @@ def _prepare(supports, organs, weights, options: SegmentOptions, output: Path):
     from fewshot_monai.zoo import load_model
 
     start = time.perf_counter()
+    if options.model:
+        from fewshot_monai.inferers import StudentSegmenter
+
+        logger.info("model: self-trained student %s", options.model)
+        return StudentSegmenter.from_checkpoint(options.model), time.perf_counter() - start
     model = load_model(None if weights is None else str(weights), options.modality)
     logger.info("model: %s", model.description)
     adaptation = {"iterations": int(options.adapt_iterations)} if options.adapt_iterations else None
