@@ -152,3 +152,14 @@ def test_segment_refuses_a_missing_support_and_a_non_student_model_with_one_line
     torch.save({"w": torch.zeros(1)}, not_student)
     code = main(["segment", "--model", str(not_student), "--input", str(root / "in"), "--output", str(tmp_path / "b")])
     assert code == 2 and "weights.pt: not a fewshot-monai student checkpoint" in caplog.text
+
+
+def test_selftrain_refuses_bad_options_and_a_missing_input_with_one_line(tmp_path, caplog):
+    from fewshot_monai.cli.main import main
+
+    support = ["--support-image", str(tmp_path / "s.nii.gz"), "--support-label", str(tmp_path / "l.nii.gz")]
+    common = [*support, "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "out"), "--no-progress"]
+    assert main(["selftrain", *common, "--rounds", "0"]) == 2
+    assert "self-training stopped: rounds must be >= 1, got 0" in caplog.text
+    assert main(["selftrain", *common]) == 2
+    assert "nothing: input does not exist" in caplog.text and not (tmp_path / "out").exists()
