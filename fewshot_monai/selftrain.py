@@ -68,7 +68,7 @@ class SelfTrainOptions:
     keep: float = 0.8
     fraction: float = 0.5
     slice_size: int = 128
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
     training: StudentTraining = field(default_factory=StudentTraining)
     teacher_labels: str | None = None
     progress: bool = True

@@ -37,7 +37,7 @@ class StudentTraining:
         seed: sampling, augmentation and initialisation seed.
     """
 
-    iterations: int = 1000
+    iterations: int = 500
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-5

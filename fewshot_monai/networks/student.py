@@ -43,7 +43,7 @@ class StudentInfo:
     training: dict = field(default_factory=dict)
 
 
-def default_student_args(n_organs: int, channels: tuple[int, ...] = (16, 32, 64, 128, 256)) -> dict:
+def default_student_args(n_organs: int, channels: tuple[int, ...] = (16, 32, 64, 128)) -> dict:
     """A small 2D U-Net: one input channel, background + ``n_organs`` outputs, residual units, instance norm."""
     return {
         "spatial_dims": 2,
