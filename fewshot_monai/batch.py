@@ -79,6 +79,9 @@ class SegmentOptions:
         n_chunks, spatial_size: the few-shot protocol's options.
         progress: show a progress bar.
         extra: further :class:`~fewshot_monai.inferers.FewShotSegmenter` options (``min_agreement``, ...).
+        model: a self-trained student checkpoint (``fewshot-monai selftrain``); it segments with no support (its
+            organs and intensity preset come from the checkpoint; ``intensity`` overrides the latter), and the
+            few-shot options above are not used.
     """
 
     organs: dict[str, int] | None = None
@@ -97,6 +100,7 @@ class SegmentOptions:
     spatial_size: int = 256
     progress: bool = True
     extra: dict = field(default_factory=dict)
+    model: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("save_probabilities", "overlays", "progress"):  # "false" from a bundle's command line
@@ -111,6 +115,9 @@ class SegmentOptions:
 
     def recorded(self) -> dict:
         """The options that change a case's outputs (part of its fingerprint)."""
+        if self.model:  # a student: only these change its outputs (its file is hashed as the weights)
+            return {"model": "student", "intensity": self.intensity, "series": self.series, "plane": self.plane,
+                    "save_probabilities": bool(self.save_probabilities), "overlays": bool(self.overlays)}  # fmt: skip
         return {
             "organs": self.organs,
             "intensity": self.intensity or self.modality,
@@ -198,12 +205,15 @@ def load_supports(
 
 def match_plane(case: dict, reference, role: str = "query") -> dict:
     """``case``'s ``image`` (and ``label``, if any) in the plane of ``reference`` (a loaded support image): unchanged
-    when already cut in that plane, else resampled into it (:func:`~fewshot_monai.transforms.plane.to_plane`: square
-    in-plane pixels, the reference's slice spacing) with one log line."""
+    when already cut in that plane or without a reference (a self-trained student has no support), else resampled
+    into it (:func:`~fewshot_monai.transforms.plane.to_plane`: square in-plane pixels, the reference's slice spacing)
+    with one log line."""
     from fewshot_monai.transforms.plane import plane_of, to_plane
     from fewshot_monai.transforms.slicing import slice_spacing
     from fewshot_monai.transforms.validation import source_of
 
+    if reference is None:
+        return dict(case)
     own, target = plane_of(case["image"]), plane_of(reference)
     if own == target:
         return dict(case)
@@ -424,12 +434,19 @@ def segment_folder(
     started = time.perf_counter()
     output = Path(output)
     cases, ignored = find_volumes(input)
-    intensity = options.intensity or options.modality
-    supports = load_supports(list(support_images), list(support_labels), intensity, plane=options.plane)
-    organs = dict(options.organs) if options.organs else _default_organs(supports[0]["label"])
-    from fewshot_monai.zoo import shipped_weights
+    if options.model:  # a self-trained student: no support
+        from fewshot_monai.networks.student import load_student
 
-    weights = Path(options.weights) if options.weights else shipped_weights(options.modality)
+        student = load_student(options.model)[1]
+        supports, organs, weights = [], student.organs, Path(options.model)
+        intensity = options.intensity or student.intensity
+    else:
+        intensity = options.intensity or options.modality
+        supports = load_supports(list(support_images), list(support_labels), intensity, plane=options.plane)
+        organs = dict(options.organs) if options.organs else _default_organs(supports[0]["label"])
+        from fewshot_monai.zoo import shipped_weights
+
+        weights = Path(options.weights) if options.weights else shipped_weights(options.modality)
     recorded = {**options.recorded(), "organs": organs, writer.name: writer.recorded()}
     print_key = fingerprint(support_images, support_labels, weights, recorded)
     rank, world = _distributed()
@@ -451,7 +468,14 @@ def segment_folder(
     for case in bar:
         rows.append(
             _segment_case(
-                case, segmenter, outputs[case["id"]], options, intensity, print_key, writer, supports[0]["image"]
+                case,
+                segmenter,
+                outputs[case["id"]],
+                options,
+                intensity,
+                print_key,
+                writer,
+                supports[0]["image"] if supports else None,
             )
         )
         bar.set_postfix(failed=sum(r["status"] == "failed" for r in rows), refresh=False)
@@ -485,6 +509,11 @@ def _prepare(supports, organs, weights, options: SegmentOptions, output: Path):
     from fewshot_monai.zoo import load_model
 
     start = time.perf_counter()
+    if options.model:
+        from fewshot_monai.inferers import StudentSegmenter
+
+        logger.info("model: self-trained student %s", options.model)
+        return StudentSegmenter.from_checkpoint(options.model), time.perf_counter() - start
     model = load_model(None if weights is None else str(weights), options.modality)
     logger.info("model: %s", model.description)
     adaptation = {"iterations": int(options.adapt_iterations)} if options.adapt_iterations else None

@@ -28,6 +28,7 @@ def test_metadata_verifies_offline(modality):
         "evaluate.yaml",
         "export.yaml",
         "inference.yaml",
+        *(["inference_student.yaml"] if modality == "mri" else []),
         "logging.conf",
         "metadata.json",
         "train.yaml",
@@ -86,6 +87,36 @@ def test_inference_config_segments_a_folder_and_stops_on_a_bad_support_with_one_
     said = bad.stdout + bad.stderr
     assert "empty_label.nii.gz: organ 'blob' (label 1) is missing from the support label" in said
     assert "Traceback" not in said
+
+
+def test_inference_student_config_segments_with_no_support(tmp_path):
+    import torch
+
+    from fewshot_monai.networks.student import StudentInfo, build_student, default_student_args, save_student
+
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    query_image, query_label = write_blob_case(queries, "query", seed=1)
+    query_label.rename(tmp_path / query_label.name)
+    args = default_student_args(1, (4, 8))
+    torch.manual_seed(0)
+    network = build_student("UNet", args)
+    with torch.no_grad():  # an untrained all-zero student: an empty map, in the input geometry
+        for p in network.parameters():
+            p.zero_()
+    save_student(tmp_path / "student.pt", network, StudentInfo("UNet", args, {"blob": 1}, "preprocessed", 32))
+    out = tmp_path / "out"
+    common = ["--query_images", str(queries), "--output_dir", str(out), "--progress", "false"]
+    done = _bundle_run("inference_student.yaml", "--model", str(tmp_path / "student.pt"), *common)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 done, 0 skipped, 0 failed" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["query.json", "query_qa.png", "query_seg.nii.gz", "summary.csv"]
+    pred, truth = nib.load(out / "query_seg.nii.gz"), nib.load(tmp_path / "query_label.nii.gz")
+    assert pred.shape == truth.shape
+    np.testing.assert_allclose(pred.affine, truth.affine, atol=1e-5)
+    bad = _bundle_run("inference_student.yaml", "--model", str(tmp_path / "missing.pt"), *common)
+    assert bad.returncode == 2 and "missing.pt: file does not exist" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
 
 
 def test_export_config_writes_the_encoder_as_a_program_with_the_same_features(tmp_path):

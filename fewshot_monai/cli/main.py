@@ -19,6 +19,7 @@ __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("segment", "segment a folder of studies from one or a few labelled supports"),
     "pseudolabel": ("pseudolabel", "label a folder of unlabelled volumes from one example, as an nnU-Net v2 dataset"),
+    "selftrain": ("selftrain", "self-train a standard MONAI network on pseudo-labels (then segment with no support)"),
     "superpixels": ("superpixels", "cache superpixel pseudo-labels of unlabelled scans (for self-supervised training)"),
     "train": ("train", "self-supervised training of ALPNet on superpixel episodes"),
     "demo": ("demo", "segment a synthetic query phantom from a synthetic support phantom"),

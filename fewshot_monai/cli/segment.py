@@ -11,6 +11,9 @@ and seconds per organ), <case>_qa.png (three planes) and, with --save-probabilit
 batch gets summary.csv. A re-run skips the cases already done with the same support, model and options. A case
 that fails is reported with its reason and the batch goes on.
 
+With --model student.pt (a network trained by `fewshot-monai selftrain`) no support is needed: the student
+segments every case slice by slice with the organs and intensity preset stored in it, writing the same outputs.
+
 Exit codes: 0 every case done or skipped; 1 some cases failed (see summary.csv); 2 nothing was started (missing
 or empty input, bad support, bad option). Under torchrun the cases are sharded across ranks (docs/batch.md).
 """
@@ -35,16 +38,18 @@ def add_parser(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_batch_arguments(parser)
+    add_batch_arguments(parser, support_required=False)
+    parser.add_argument("--model", default=None, help="a self-trained student (.pt from selftrain): no support needed")
     parser.add_argument("--save-probabilities", action="store_true", help="also write <case>_prob.nii.gz")
     parser.add_argument("--no-overlay", action="store_true", help="do not write <case>_qa.png")
     parser.set_defaults(run=run)
 
 
-def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+def add_batch_arguments(parser: argparse.ArgumentParser, support_required: bool = True) -> None:
     """The options of every command that segments a folder from labelled supports (``segment``, ``pseudolabel``)."""
-    parser.add_argument("--support-image", action="append", required=True, help="support volume (repeat: k-shot)")
-    parser.add_argument("--support-label", action="append", required=True, help="its label map (repeat, same order)")
+    need = support_required
+    parser.add_argument("--support-image", action="append", required=need, help="support volume (repeat: k-shot)")
+    parser.add_argument("--support-label", action="append", required=need, help="its label map (repeat, same order)")
     parser.add_argument(
         "--organs", type=name_ids, default=None, help="name=id,... (default: every label of the support)"
     )
@@ -87,10 +92,18 @@ def batch_options(args: argparse.Namespace):
         series=args.series,
         plane=args.plane,
         progress=not args.no_progress,
+        model=getattr(args, "model", None),
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from fewshot_monai.batch import run_segmentation
 
-    return run_segmentation(args.input, args.output, args.support_image, args.support_label, batch_options(args))
+    if args.model and (args.support_image or args.support_label):
+        logger.error("nothing segmented: give --model or --support-image/--support-label, not both")
+        return 2
+    if not args.model and not (args.support_image and args.support_label):
+        logger.error("nothing segmented: give --support-image and --support-label (or a self-trained --model)")
+        return 2
+    supports = ([], []) if args.model else (args.support_image, args.support_label)
+    return run_segmentation(args.input, args.output, *supports, batch_options(args))

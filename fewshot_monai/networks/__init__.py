@@ -10,7 +10,7 @@ from fewshot_monai.networks.encoders import (
     register_encoder,
 )
 from fewshot_monai.networks.lite0 import EfficientNetLite0, lite0_weights_path
-from fewshot_monai.networks.losses import PrototypeAlignmentLoss, WeightedCrossEntropyLoss
+from fewshot_monai.networks.losses import MaskedDiceCELoss, PrototypeAlignmentLoss, WeightedCrossEntropyLoss
 from fewshot_monai.networks.prototypes import (
     PrototypeBank,
     downsample_masks,
@@ -28,6 +28,7 @@ __all__ = [
     "EfficientNetLite0",
     "FusedFeatureEncoder",
     "Lite0Encoder",
+    "MaskedDiceCELoss",
     "PrototypeAlignmentLoss",
     "PrototypeBank",
     "ResNetEncoder2D",

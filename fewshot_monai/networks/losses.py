@@ -1,4 +1,5 @@
-"""Losses for episodic prototype training: PANet's prototype alignment loss and a class-weighted cross-entropy."""
+"""Losses: for episodic prototype training, PANet's prototype alignment loss and a class-weighted cross-entropy; for
+self-training on filtered pseudo-labels, a Dice + cross-entropy loss that ignores the voxels the filter rejected."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fewshot_monai.errors import EmptyMaskError
 if TYPE_CHECKING:
     from fewshot_monai.networks.alpnet import ALPNet
 
-__all__ = ["WeightedCrossEntropyLoss", "PrototypeAlignmentLoss"]
+__all__ = ["WeightedCrossEntropyLoss", "PrototypeAlignmentLoss", "MaskedDiceCELoss"]
 
 
 def _as_index_target(target: torch.Tensor) -> torch.Tensor:
@@ -114,3 +115,56 @@ class PrototypeAlignmentLoss(nn.Module):
             return zero
         logits = net.score(support_features, bank, support_masks.shape[-2:])
         return self.ce(logits, support_masks)
+
+
+class MaskedDiceCELoss(nn.Module):
+    """
+    Multi-class soft Dice + cross-entropy in which the voxels labelled ``ignore_index`` contribute nothing: neither
+    to the loss value nor to any gradient (the pseudo-labels' ``ignore`` label of self-training).
+
+    The logits of ignored voxels are replaced by zeros before the softmax (so even non-finite values there cannot
+    leak in), their probabilities and one-hot targets are zeroed before MONAI's :class:`~monai.losses.DiceLoss`
+    (batch Dice, background included), and the cross-entropy is averaged over the valid voxels only. With no valid
+    voxel in the batch the loss is 0 (still attached to the graph).
+
+    Args:
+        ignore_index: the target value of ignored voxels (nnU-Net's convention: the number of organs + 1).
+        lambda_dice: weight of the Dice term.
+        lambda_ce: weight of the cross-entropy term.
+
+    Example::
+
+        loss = MaskedDiceCELoss(ignore_index=5)(logits, target)  # logits (B, 5, H, W), target (B, 1, H, W) in 0..5
+    """
+
+    def __init__(self, ignore_index: int, lambda_dice: float = 1.0, lambda_ce: float = 1.0):
+        super().__init__()
+        from monai.losses import DiceLoss
+
+        self.ignore_index = int(ignore_index)
+        self.lambda_dice, self.lambda_ce = float(lambda_dice), float(lambda_ce)
+        self.dice = DiceLoss(include_background=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``input``: logits ``(B, C, *spatial)``; ``target``: class indices ``(B, 1, *spatial)`` or ``(B, *spatial)``
+        with values in ``0..C-1`` or ``ignore_index``."""
+        if target.ndim == input.ndim:
+            target = target[:, 0]
+        target = target.long()
+        if target.shape != input.shape[:1] + input.shape[2:]:
+            raise ValueError(f"target {tuple(target.shape)} does not fit logits {tuple(input.shape)}")
+        valid = target != self.ignore_index
+        n_classes = input.shape[1]
+        if bool((target[valid] < 0).any() or (target[valid] >= n_classes).any()):
+            raise ValueError(f"target values must be in 0..{n_classes - 1} or {self.ignore_index}")
+        logits = torch.where(valid[:, None], input, torch.zeros((), dtype=input.dtype, device=input.device))
+        if not bool(valid.any()):
+            return logits.sum() * 0.0
+        index = torch.where(valid, target, torch.zeros_like(target))
+        weight = valid[:, None].to(input.dtype)
+        probabilities = torch.softmax(logits, dim=1) * weight
+        one_hot = nn.functional.one_hot(index, n_classes).movedim(-1, 1).to(input.dtype) * weight
+        dice = self.dice(probabilities, one_hot)
+        ce = nn.functional.cross_entropy(logits, index, reduction="none")
+        ce = (ce * valid.to(input.dtype)).sum() / valid.sum()
+        return self.lambda_dice * dice + self.lambda_ce * ce
