@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_alpnet import cpu_model  # benchmarks/ is the script's folder, first on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -46,24 +48,13 @@ def _stats(values: list[float]) -> dict:
     }
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def measure(config_path: Path, overrides: list[str], warmup: int, iterations: int, threads: int) -> dict:
     import torch
     from ignite.engine import Events
     from monai.engines.utils import IterationEvents
 
     from fewshot_monai.data.episodes import SuperpixelCache
-    from fewshot_monai.engines.selfsupervised import _select_cases, build_training, load_config
-    from fewshot_monai.transforms.superpixels import SuperpixelParams
+    from fewshot_monai.engines.selfsupervised import _select_cases, build_training, load_config, superpixel_params
 
     total = warmup + iterations
     config = load_config(
@@ -85,12 +76,7 @@ def measure(config_path: Path, overrides: list[str], warmup: int, iterations: in
         scfg = config["superpixels"]
         cases, labelled = _select_cases(config, out)
         intensity = labelled.intensity
-        params = SuperpixelParams(
-            min_size=int(scfg["min_size"]),
-            sigma=float(scfg["sigma"]),
-            scale=float(scfg["scale"]),
-            body_threshold=float(scfg["body_threshold"]),
-        )
+        params = superpixel_params(config)
         cache_dir = scfg.get("cache_dir")
         warm = None
         if cache_dir:
@@ -173,7 +159,7 @@ def measure(config_path: Path, overrides: list[str], warmup: int, iterations: in
         },
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in load_after],
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -543,6 +543,17 @@ def _check_resume_config(stored_path: Path, config: Mapping) -> None:
         )
 
 
+def superpixel_params(config: dict) -> SuperpixelParams:
+    """The superpixel parameters of a training config's ``superpixels`` section."""
+    scfg = config["superpixels"]
+    return SuperpixelParams(
+        min_size=int(scfg["min_size"]),
+        sigma=float(scfg["sigma"]),
+        scale=float(scfg["scale"]),
+        body_threshold=float(scfg["body_threshold"]),
+    )
+
+
 def build_training(
     config: Mapping, out_dir: str | os.PathLike, resume: bool = False, progress: bool | None = None
 ) -> TrainingRun:
@@ -585,12 +596,7 @@ def build_training(
     # data
     cases, labelled = _select_cases(config, out_dir)
     intensity = labelled.intensity
-    params = SuperpixelParams(
-        min_size=int(scfg["min_size"]),
-        sigma=float(scfg["sigma"]),
-        scale=float(scfg["scale"]),
-        body_threshold=float(scfg["body_threshold"]),
-    )
+    params = superpixel_params(config)
     exclude_labels = [int(v) for v in config["data"]["exclude_labels"] or ()]
     plane = config["data"]["plane"]
     if exclude_labels:
