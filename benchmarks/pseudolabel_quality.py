@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--adapt-iterations", type=int, default=300)
     parser.add_argument("--adapt-cache", default="runs/adapt_cache")
     parser.add_argument("--thresholds", default="0.5,0.8,0.9,0.95,0.99")
+    parser.add_argument("--labeller", choices=("fewshot", "reference"), default="fewshot")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
                "--input", str(studies), "--output", str(out / "dataset"), "--modality", modality, "--intensity",
                intensity, "--weights", str(resolve_checkpoint(args.model, args.fold, 1)), "--adapt-iterations",
                str(args.adapt_iterations), "--adapt-cache", args.adapt_cache, "--min-confidence", "0",
-               "--no-progress"]  # fmt: skip
+               "--labeller", args.labeller, "--no-progress"]  # fmt: skip
     subprocess.run(command, check=True)
     dataset = json.loads((out / "dataset" / "dataset.json").read_text())
     index = {o: dataset["labels"][o] for o in organs}
@@ -92,6 +93,7 @@ def main(argv=None) -> int:
     summary = {
         "command": " ".join(command),
         "dataset": args.dataset,
+        "labeller": args.labeller,
         "fold": args.fold,
         "support": fold.support_ids,
         "queries": fold.query_ids,

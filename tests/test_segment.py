@@ -198,3 +198,19 @@ def test_pseudolabel_writes_an_nnunet_dataset_with_ignore_below_the_confidence(s
     assert 0.5 < report["kept_fraction"] < 1.0 and report["labels"]["ignore"] == 2
     assert main([*args, "--min-confidence", "0"]) == 1  # another filter: redone, nothing ignored
     assert not (np.asarray(nib.load(out / "labelsTr" / "nrrd_case.nii.gz").dataobj) == 2).any()
+
+
+def test_pseudolabel_with_the_reference_labeller_writes_nearest_neighbour_labels(study, tmp_path):
+    out = tmp_path / "Dataset502_Blob"
+    args = ["pseudolabel", *study["support"], "--input", str(study["inputs"]), "--output", str(out), *FAST]
+    assert main([*args, "--min-confidence", "0", "--labeller", "reference"]) == 1  # the corrupt file fails
+    label = np.asarray(nib.load(out / "labelsTr" / "nrrd_case.nii.gz").dataobj)
+    confidence = np.asarray(nib.load(out / "confidence" / "nrrd_case.nii.gz").dataobj)
+    truth = load_volume(study["truths"] / "nrrd_case_label.nrrd", is_label=True, orientation=None)[0].numpy()
+    assert dice_score(label == 1, truth == 1) > 0.7  # the blob's nearest support pixels are the blob's
+    assert confidence.min() >= 0.0 and confidence.max() <= 1.0
+    few = tmp_path / "fewshot"  # the default labeller is another one: other labels, another fingerprint
+    assert main(["pseudolabel", *study["support"], "--input", str(study["inputs"]), "--output", str(few), *FAST]) == 1
+    assert not np.array_equal(np.asarray(nib.load(few / "labelsTr" / "nrrd_case.nii.gz").dataobj), label)
+    fingerprints = [json.loads((o / "reports" / "nrrd_case.json").read_text())["fingerprint"] for o in (out, few)]
+    assert fingerprints[0] != fingerprints[1]

@@ -4,6 +4,10 @@ raw dataset.
     fewshot-monai pseudolabel --support-image S.nii.gz --support-label S_seg.nii.gz \\
         --organs liver=1,spleen=4 --input unlabelled/ --output Dataset501_Liver/ --min-confidence 0.9
 
+--labeller fewshot (default) labels with the few-shot segmenter (the `segment` options: adaptation, pseudo-labelling,
+guard); --labeller reference gives each voxel of the organ's range the class of its nearest support pixel in feature
+space (Seibold et al.; the range comes from the network's first pass), with the nearest-neighbour margin as confidence.
+
 Writes imagesTr/<case>_0000.nii.gz (the volume), labelsTr/<case>.nii.gz (organs numbered 1..N in --organs order;
 voxels below --min-confidence are the 'ignore' label N+1), confidence/<case>.nii.gz, reports/<case>.json and
 dataset.json. It batches like `segment`: the support is prepared once, a re-run skips finished cases, a bad case
@@ -31,6 +35,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--min-confidence", type=float, default=0.9, help="voxels less confident than this are 'ignore' (default 0.9)"
     )
+    parser.add_argument(
+        "--labeller",
+        choices=("fewshot", "reference"),
+        default="fewshot",
+        help="fewshot (default): the few-shot segmenter; reference: nearest support pixel in feature space",
+    )
     parser.set_defaults(run=run)
 
 
@@ -43,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}")
         return 2
-    return run_segmentation(
-        args.input, args.output, args.support_image, args.support_label, batch_options(args), writer
-    )
+    options = batch_options(args)
+    if args.labeller == "reference":  # the labels are the reference-guided ones: no stage on top, no guard
+        options.pseudo_label, options.min_agreement = "reference_labels", 0.0
+    return run_segmentation(args.input, args.output, args.support_image, args.support_label, options, writer)

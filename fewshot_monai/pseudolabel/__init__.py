@@ -2,6 +2,7 @@
 and the registry of named strategies."""
 
 from .confidence import CONFIDENCE_MEASURES, perturb_probabilities, pixel_confidence, region_confidence
+from .reference import ReferenceLabels
 from .registry import available_pseudo_labels, get_pseudo_label, register_pseudo_label, support_expansion_factory
 from .selection import PseudoSlice, Selection, SliceSelection, WindowSelection
 from .self_support import SELF_TAG, SelfSupport
@@ -15,6 +16,7 @@ register_pseudo_label(
     overwrite=True,
 )
 register_pseudo_label("self", SelfSupport, overwrite=True)
+register_pseudo_label("reference_labels", lambda **options: ReferenceLabels(**options), overwrite=True)
 
 __all__ = [
     "CONFIDENCE_MEASURES",
@@ -28,6 +30,7 @@ __all__ = [
     "SupportExpansion",
     "PSEUDO_TAG",
     "SelfSupport",
+    "ReferenceLabels",
     "SELF_TAG",
     "register_pseudo_label",
     "get_pseudo_label",

@@ -29,7 +29,14 @@ import torch.nn.functional as F
 from fewshot_monai.errors import EmptyMaskError
 from fewshot_monai.networks.prototypes import downsample_masks
 
-__all__ = ["ReferenceBank", "reference_bank", "label_by_reference", "reference_probabilities"]
+__all__ = [
+    "ReferenceBank",
+    "reference_bank",
+    "label_by_reference",
+    "reference_probabilities",
+    "context_reference_labels",
+    "ReferenceLabels",
+]
 
 
 @dataclass
@@ -97,3 +104,42 @@ def reference_probabilities(margin: torch.Tensor, output_size, scale: float = 20
     logits = F.interpolate((scale * margin)[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)
     foreground = torch.sigmoid(logits[:, 0])
     return torch.stack([1.0 - foreground, foreground], dim=1)
+
+
+def context_reference_labels(context) -> torch.Tensor:
+    """``(Z, 2, H, W)`` probabilities of reference-guided labels for one query of the few-shot protocol: every scored
+    slice labelled by its nearest support pixels (all chunks' support slices together), background outside the
+    scored range. ``context`` is the protocol's :class:`~fewshot_monai.inferers.protocol.FewShotContext`."""
+    support = context.support
+    if support is None or not support.features:
+        raise ValueError("reference labels need the prepared support's features (FewShotSegmenter provides them)")
+    bank = reference_bank(torch.cat(support.features), torch.cat(support.masks))
+    scored = context.chunk_of_slice >= 0
+    out = torch.zeros_like(context.probabilities)
+    out[:, 0] = 1.0
+    if bool(scored.any()):
+        _, margin = label_by_reference(context.query_features[scored], bank)
+        out[scored] = reference_probabilities(margin, context.output_size)
+    return out
+
+
+class ReferenceLabels:
+    """The stage ``reference_labels``: the prediction *is* the reference-guided labels (Seibold et al.), on the
+    slices the protocol scored (the organ range, given or estimated by the network's first pass). This is the
+    ``--labeller reference`` of ``fewshot-monai pseudolabel``; the confidence of a voxel is its probability,
+    ``sigmoid(20 * margin)``."""
+
+    name = "reference_labels"
+
+    def options(self) -> dict:
+        return {"strategy": self.name}
+
+    @torch.no_grad()
+    def __call__(self, network, protocol, context) -> torch.Tensor:
+        import time
+
+        start = time.perf_counter()
+        out = context_reference_labels(context)
+        context.diagnostics["pseudo_label"] = {**self.options(), "seconds": time.perf_counter() - start}
+        context.diagnostics["pseudo_slices"] = []
+        return out

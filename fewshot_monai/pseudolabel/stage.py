@@ -22,6 +22,7 @@ import torch
 
 from fewshot_monai.networks.prototypes import PrototypeBank
 from fewshot_monai.pseudolabel.confidence import perturb_probabilities
+from fewshot_monai.pseudolabel.reference import context_reference_labels
 from fewshot_monai.pseudolabel.selection import SliceSelection
 
 __all__ = ["SupportExpansion", "PSEUDO_TAG"]
@@ -93,32 +94,12 @@ class SupportExpansion:
             "noise_std": self.noise_std,
         }
 
-    @staticmethod
-    def reference_labels(context) -> torch.Tensor:
-        """``(Z, 2, H, W)`` probabilities of reference-guided labels: every scored query slice labelled by its
-        nearest support pixels (all chunks' support slices together); background outside the scored range."""
-        from fewshot_monai.pseudolabel.reference import label_by_reference, reference_bank, reference_probabilities
-
-        support = context.support
-        if support is None or not support.features:
-            raise ValueError(
-                "source='reference' needs the prepared support's features (FewShotSegmenter provides them)"
-            )
-        bank = reference_bank(torch.cat(support.features), torch.cat(support.masks))
-        scored = context.chunk_of_slice >= 0
-        out = torch.zeros_like(context.probabilities)
-        out[:, 0] = 1.0
-        if bool(scored.any()):
-            _, margin = label_by_reference(context.query_features[scored], bank)
-            out[scored] = reference_probabilities(margin, context.output_size)
-        return out
-
     @torch.no_grad()
     def __call__(self, network, protocol, context) -> torch.Tensor:
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(self.seed)
         probabilities = context.probabilities
-        labels = probabilities if self.source == "network" else self.reference_labels(context)
+        labels = probabilities if self.source == "network" else context_reference_labels(context)
         rounds: list[dict] = []
         last = None
         feature_size = tuple(context.query_features.shape[-2:])
