@@ -31,7 +31,7 @@ from fewshot_monai.inferers import FewShotSegmenter, keep_largest_component
 from fewshot_monai.pseudolabel import SliceSelection, SupportExpansion, WindowSelection, pixel_confidence
 from fewshot_monai.pseudolabel.confidence import region_confidence
 from fewshot_monai.transforms.labels import organ_z_extent
-from fewshot_monai.transforms.slicing import volume_to_slices
+from fewshot_monai.transforms.slicing import image_slices, volume_to_slices
 from fewshot_monai.zoo import load_model
 
 
@@ -59,7 +59,7 @@ def collect(args, fold_index: int):
     cached = []
     for scan in fold.query_ids:
         query = case(scan)
-        stack = volume_to_slices(query["image"], 256, 3, "bilinear").float()
+        stack = image_slices(query["image"], 256, model.slice_context)
         features = segmenter.protocol.encode(model, stack)
         for organ, lid in organs.items():
             truth = (query["label"] == lid).float()

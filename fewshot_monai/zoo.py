@@ -64,7 +64,7 @@ def load_model(weights: str | os.PathLike | None = None, modality: str = "mri") 
             network = ALPNet(pretrained=True)
         description = "ALPNet, ImageNet-pretrained EfficientNet-Lite0 encoder, no few-shot training"
     else:
-        network = ALPNet(pretrained=False, weights=str(path))
+        network = ALPNet.from_weights(str(path))
         description = f"ALPNet, trained weights {path.name}"
     network.eval()
     return ModelChoice(network, description)

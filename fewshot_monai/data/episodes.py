@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from fewshot_monai.errors import InputError
-from fewshot_monai.transforms.slicing import volume_to_slices
+from fewshot_monai.transforms.slicing import neighbour_slices, volume_to_slices
 from fewshot_monai.transforms.superpixels import SuperpixelParams, superpixel_volume
 from fewshot_monai.utils.files import atomic_write
 
@@ -409,7 +409,7 @@ def _augmented_view(transform: Compose, image: torch.Tensor, mask: torch.Tensor,
 
 def _episode_item(views, channels: int, **fields) -> dict:
     """An episode dict from the ``[(support image, mask), (query image, mask)]`` views (grey slices tiled to
-    ``channels``) plus the identifying ``fields``."""
+    ``channels``; 2.5D views already have them) plus the identifying ``fields``."""
     (s_img, s_mask), (q_img, q_mask) = views
     return {
         "support_image": s_img.expand(channels, -1, -1).contiguous(),
@@ -418,6 +418,13 @@ def _episode_item(views, channels: int, **fields) -> dict:
         "query_mask": q_mask,
         **fields,
     }
+
+
+def _check_context(context: int, channels: int) -> int:
+    context = int(context)
+    if context < 0 or (context and channels != 2 * context + 1):
+        raise ValueError(f"2.5D context {context} needs {2 * context + 1} channels, got {channels}")
+    return context
 
 
 @contextlib.contextmanager
@@ -477,6 +484,9 @@ class SuperpixelEpisodeDataset(_EpisodeDataset):
         channels: channels of the output slices (the grey slice is tiled). 3.
         length: ``len(dataset)`` (indices beyond it are still valid: episodes are unbounded).
         max_redraws: redraws of a degenerate view before falling back to the un-augmented slice.
+        context: 2.5D input (``ALPNet(slice_context=...)``): the slice's neighbours on each side become its other
+            channels (:func:`~fewshot_monai.transforms.slicing.neighbour_slices`); ``channels`` must then be
+            ``2 * context + 1``. 0 (the grey slice tiled).
 
     Each item::
 
@@ -501,6 +511,7 @@ class SuperpixelEpisodeDataset(_EpisodeDataset):
         channels: int = 3,
         length: int = 10**9,
         max_redraws: int = 10,
+        context: int = 0,
     ):
         if not volumes:
             raise ValueError("no training volumes given")
@@ -509,6 +520,7 @@ class SuperpixelEpisodeDataset(_EpisodeDataset):
         if self.seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.channels = int(channels)
+        self.context = _check_context(context, self.channels)
         self.length = int(length)
         self.max_redraws = int(max_redraws)
         area = self.spatial_size**2
@@ -591,7 +603,7 @@ class SuperpixelEpisodeDataset(_EpisodeDataset):
         k = int(rng.integers(len(self.slices)))
         v, z = self.slices[k]
         sp_id = int(rng.choice(self.candidates[k]))
-        image = self.images[v][z]  # (1, S, S)
+        image = neighbour_slices(self.images[v], self.context, z)  # (1 or 2c+1, S, S)
         mask = (self.superpixels[v][z] == sp_id).float()[None]
         views = []
         for _ in range(2):
@@ -629,6 +641,7 @@ class SupportEpisodeDataset(_EpisodeDataset):
         augmentation: an :class:`EpisodeAugmentation` (or dict of its fields); ``None`` uses the defaults.
         channels: channels of the output slices. 3.
         length: ``len(dataset)`` (episodes are unbounded).
+        context: 2.5D input, as in :class:`SuperpixelEpisodeDataset` (the adapted network's ``slice_context``).
 
     Items have the keys of :class:`SuperpixelEpisodeDataset` items, with ``"organ"`` (label id) instead of
     ``"superpixel"`` and ``"query_slice"`` beside ``"slice"``.
@@ -649,6 +662,7 @@ class SupportEpisodeDataset(_EpisodeDataset):
         augmentation: EpisodeAugmentation | Mapping | None = None,
         channels: int = 3,
         length: int = 10**9,
+        context: int = 0,
     ):
         from fewshot_monai.errors import EmptyMaskError
 
@@ -661,6 +675,7 @@ class SupportEpisodeDataset(_EpisodeDataset):
         self.spatial_size = int(spatial_size)
         self.seed = int(seed)
         self.channels = int(channels)
+        self.context = _check_context(context, self.channels)
         self.length = int(length)
         self.max_offset = float(max_offset)
         self.min_pixels = max(1, int(round(min_pixels * self.spatial_size**2 / _REFERENCE_SIZE**2)))
@@ -706,7 +721,7 @@ class SupportEpisodeDataset(_EpisodeDataset):
         zq = int(rng.choice(near))
         views = []
         for slice_z in (z, zq):
-            image = self.images[v][slice_z]
+            image = neighbour_slices(self.images[v], self.context, slice_z)
             mask = (self.labels[v][slice_z] == organ).float()[None]
             view = _augmented_view(self.transform, image, mask, int(rng.integers(2**31)))
             # augmentation pushed the organ out of the view: keep the slice as it is

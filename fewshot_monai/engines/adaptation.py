@@ -138,6 +138,9 @@ def adaptation_key(network: torch.nn.Module, images: Sequence, labels: Sequence,
     """A hex digest that changes with the network weights, the support volumes, the organs and the options."""
     h = hashlib.sha256()
     for name, tensor in network.state_dict().items():
+        if not isinstance(tensor, torch.Tensor):  # the recorded architecture
+            h.update(json.dumps([name, tensor], sort_keys=True).encode())
+            continue
         h.update(name.encode())
         _hash_tensor(h, tensor)
     for img, lab in zip(images, labels):
@@ -203,6 +206,7 @@ def adapt_to_support(
         seed=opts.seed,
         max_offset=opts.max_offset,
         augmentation=opts.augment,
+        context=getattr(network, "slice_context", 0),
     )
     device = next(network.parameters()).device
     _freeze(adapted, opts.freeze)

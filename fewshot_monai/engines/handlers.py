@@ -19,7 +19,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from fewshot_monai.evaluation.metrics import dice_score
-from fewshot_monai.transforms.slicing import volume_to_slices
+from fewshot_monai.transforms.slicing import image_slices, volume_to_slices
 from fewshot_monai.utils.files import atomic_write
 
 if TYPE_CHECKING:
@@ -137,9 +137,10 @@ def one_shot_slice_dice(
     network.eval()
     device = next(network.parameters()).device
     try:
-        s_img = volume_to_slices(_plain(support_image).float(), spatial_size, channels=3)
+        context = getattr(network, "slice_context", 0)
+        s_img = image_slices(support_image, spatial_size, context)
         s_lab = volume_to_slices(_plain(support_label).long(), spatial_size, channels=1, mode="nearest")[:, 0]
-        q_img = volume_to_slices(_plain(query_image).float(), spatial_size, channels=3)
+        q_img = image_slices(query_image, spatial_size, context)
         q_lab = volume_to_slices(_plain(query_label).long(), spatial_size, channels=1, mode="nearest")[:, 0]
         wanted = {name: int(i) for name, i in organs.items() if bool((q_lab == i).any()) and bool((s_lab == i).any())}
         if not wanted:

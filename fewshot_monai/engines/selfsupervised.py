@@ -45,6 +45,7 @@ from monai.utils import optional_import
 from fewshot_monai.data.datasets import LabelledDataset
 from fewshot_monai.data.episodes import EpisodeLoader, SuperpixelEpisodeDataset, load_training_volumes
 from fewshot_monai.engines.handlers import CSVLogger, OneShotValidation
+from fewshot_monai.networks.alpnet import cpu_state_dict
 from fewshot_monai.transforms.superpixels import SuperpixelParams
 from fewshot_monai.utils.files import atomic_path, atomic_write
 
@@ -426,7 +427,7 @@ class TrainingRun:
     def export(self) -> Path:
         """Write the network's state dict to ``model.pt`` (atomically); loadable with ``weights_only=True``."""
         with atomic_path(self.model_path) as tmp:
-            torch.save({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, tmp)
+            torch.save(cpu_state_dict(self.network), tmp)
         return self.model_path
 
     def run(self) -> dict:
@@ -496,7 +497,7 @@ def _save_snapshot(network: torch.nn.Module, out_dir: Path, engine: Engine) -> N
     path = out_dir / "snapshots" / f"model_{engine.state.iteration}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, tmp)
+        torch.save(cpu_state_dict(network), tmp)
 
 
 def _changes(old: Any, new: Any, path: str = "") -> dict:
@@ -631,6 +632,7 @@ def build_training(
         min_body_fraction=float(ecfg["min_body_fraction"]),
         exclude_labels=exclude_labels,
         augmentation=ecfg["augment"],
+        context=int(config["network"].get("slice_context", 0)),
     )
     logger.info("episodes from %s", dataset.describe())
     loader = EpisodeLoader(dataset, int(ecfg["episodes_per_iteration"]), int(ecfg["num_workers"]))

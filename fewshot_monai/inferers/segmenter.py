@@ -38,7 +38,7 @@ from fewshot_monai.inferers.protocol import (
 )
 from fewshot_monai.transforms.labels import largest_component, merge_organ_probabilities
 from fewshot_monai.transforms.plane import plane_of
-from fewshot_monai.transforms.slicing import slice_spacing, slices_to_volume, volume_to_slices
+from fewshot_monai.transforms.slicing import image_slices, slice_spacing, slices_to_volume, volume_to_slices
 from fewshot_monai.transforms.validation import source_of
 
 logger = logging.getLogger(__name__)
@@ -231,7 +231,8 @@ class FewShotSegmenter:
         if adaptation is not None:
             network, adapted = self._adapt(network, images, labels, adaptation, adapt_cache, progress)
         self.network = network
-        image_stacks = [volume_to_slices(img, self.spatial_size, 3, "bilinear").float() for img in images]
+        context = getattr(network, "slice_context", 0)
+        image_stacks = [image_slices(img, self.spatial_size, context) for img in images]
         label_stacks = [volume_to_slices(lb, self.spatial_size, 1, "nearest").round().long() for lb in labels]
         spacings = [slice_spacing(img) for img in images]
         self.plane = plane_of(images[0]) if isinstance(images[0], MetaTensor) else None
@@ -298,7 +299,7 @@ class FewShotSegmenter:
                 plane_of(query),
                 self.plane,
             )
-        stack = volume_to_slices(query, self.spatial_size, 3, "bilinear").float()
+        stack = image_slices(query, self.spatial_size, getattr(self.network, "slice_context", 0))
         features = self.protocol.encode(self.network, stack)
         encode_seconds = time.perf_counter() - start
         spacing = slice_spacing(query)

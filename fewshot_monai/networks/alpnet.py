@@ -13,7 +13,10 @@ from fewshot_monai.errors import EmptyMaskError, InputError, NonFiniteError, Unr
 from fewshot_monai.networks.encoders import build_encoder
 from fewshot_monai.networks.prototypes import PrototypeBank, score_query, score_statistics
 
-__all__ = ["ALPNet", "Alpnet", "alpnet"]
+__all__ = ["ALPNet", "Alpnet", "alpnet", "cpu_state_dict", "read_weights"]
+
+#: the state-dict entry (``nn.Module.get_extra_state``) that records how a saved network was built.
+ARCHITECTURE_KEY = "_extra_state"
 
 
 def _check_images(x: torch.Tensor, name: str) -> None:
@@ -46,6 +49,29 @@ def _check_masks(masks: torch.Tensor, images_shape: Sequence[int] | None, name: 
     m = masks.float()
     if masks.numel() and (bool(m.min() < 0) or bool(m.max() > 1) or not bool(torch.isfinite(m).all())):
         raise ValueError(f"{name} must hold values in [0, 1] (binary masks), got range [{m.min()}, {m.max()}].")
+
+
+def read_weights(path: str | PathLike) -> dict:
+    """The ALPNet state dict in ``path``: a saved state dict, or the ``"model"`` entry of a training checkpoint
+    (``weights_only=True``).
+
+    Raises:
+        UnreadableFileError: the file is missing or not a readable state dict.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # missing file, truncated archive, or objects refused by weights_only
+        raise UnreadableFileError(path, f"cannot read ALPNet weights ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict):
+        raise UnreadableFileError(path, f"expected a state dict, found {type(state).__name__}")
+    if isinstance(state.get("model"), dict) and "trainer" in state:  # a training checkpoint
+        state = state["model"]
+    return state
+
+
+def cpu_state_dict(network: nn.Module) -> dict:
+    """``network.state_dict()`` with every tensor detached on the CPU (the recorded architecture kept as is)."""
+    return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in network.state_dict().items()}
 
 
 class ALPNet(nn.Module):
@@ -82,10 +108,15 @@ class ALPNet(nn.Module):
         freeze_bn: keep encoder batch norms in eval mode during training; ``None`` means "when ``pretrained`` or
             ``weights`` is given" (pretrained statistics are kept; tiny episode batches would spoil them).
         weights: path of a full ``ALPNet`` state dict (as saved by ``torch.save(net.state_dict(), path)``),
-            loaded with ``weights_only=True`` and ``strict=True``.
+            loaded with ``weights_only=True`` and ``strict=True``. :meth:`from_weights` builds the network the
+            file was saved from (its architecture is recorded in the state dict).
+        slice_context: what the 3 input channels hold: 0 (default) the z-scored grey slice tiled; 1 the slice and
+            its two neighbours ("2.5D", :func:`~fewshot_monai.transforms.slicing.neighbour_slices`). Everything that
+            cuts slices for this network (inferers, support adaptation, training episodes) reads it from here.
 
     Shapes:
-        - query: ``(B, 3, H, W)`` z-scored grey slices tiled to 3 channels (float);
+        - query: ``(B, 3, H, W)`` z-scored grey slices tiled to 3 channels, or with ``slice_context=1`` the slices
+          below, at and above (float);
         - support_images: ``(K, 3, Hs, Ws)``; support_masks: ``(K, 1, Hs, Ws)`` in {0, 1};
         - output: logits ``(B, 2, H, W)``, channel 0 background, channel 1 foreground.
 
@@ -117,8 +148,11 @@ class ALPNet(nn.Module):
         refine: bool = False,
         freeze_bn: bool | None = None,
         weights: str | PathLike | None = None,
+        slice_context: int = 0,
     ):
         super().__init__()
+        if int(slice_context) not in (0, 1):
+            raise ValueError(f"slice_context must be 0 (grey slice tiled) or 1 (2.5D), got {slice_context}.")
         if int(train_window) < 1 or int(test_window) < 1:
             raise ValueError(f"pooling windows must be >= 1, got {train_window} and {test_window}.")
         if not 0.0 <= float(fg_threshold) < 1.0 or (bg_threshold is not None and not 0.0 <= float(bg_threshold) < 1):
@@ -136,8 +170,49 @@ class ALPNet(nn.Module):
         self.test_window = int(test_window)
         self.fg_threshold = float(fg_threshold)
         self.bg_threshold = self.fg_threshold if bg_threshold is None else float(bg_threshold)
+        self.slice_context = int(slice_context)
+        self.refine_enabled = bool(refine)
+        self._register_load_state_dict_pre_hook(self._default_architecture)
         if weights is not None:
             self.load_weights(weights)
+
+    def architecture(self) -> dict:
+        """The constructor arguments a state dict depends on (recorded in it: :meth:`get_extra_state`)."""
+        return {
+            "encoder": self.encoder_name,
+            "feature_channels": int(self.feature_channels),
+            "refine": self.refine_enabled,
+            "slice_context": self.slice_context,
+        }
+
+    def get_extra_state(self) -> dict:
+        return {"architecture": self.architecture()}
+
+    def set_extra_state(self, state) -> None:
+        saved = dict(state.get("architecture", {})) if isinstance(state, dict) else {}
+        mine = self.architecture()
+        diff = {k: v for k, v in saved.items() if k in mine and mine[k] != v}
+        if diff:
+            raise ValueError(
+                f"the weights were saved from ALPNet({', '.join(f'{k}={v!r}' for k, v in diff.items())}), this "
+                f"network has {', '.join(f'{k}={mine[k]!r}' for k in diff)} (ALPNet.from_weights builds the right one)"
+            )
+
+    def _default_architecture(self, state_dict, prefix, *args, **kwargs) -> None:
+        """State dicts saved before the architecture was recorded: tiled grey slices, this network's encoder."""
+        state_dict.setdefault(prefix + ARCHITECTURE_KEY, {"architecture": {**self.architecture(), "slice_context": 0}})
+
+    @classmethod
+    def from_weights(cls, path: str | PathLike, **kwargs) -> ALPNet:
+        """The network a weights file was saved from (its recorded architecture; older files: Lite0, tiled grey
+        slices), with its weights loaded; ``kwargs`` set the other constructor arguments (windows, scale, ...).
+
+        Raises:
+            UnreadableFileError: the file is missing or not a readable state dict.
+            InputError: the state dict does not match the recorded architecture.
+        """
+        arch = dict(read_weights(path).get(ARCHITECTURE_KEY, {}).get("architecture", {}))
+        return cls(**{**arch, **kwargs, "pretrained": False, "weights": path})
 
     def load_weights(self, path: str | PathLike) -> None:
         """Load a full ALPNet state dict saved with ``torch.save(net.state_dict(), path)`` (``weights_only=True``,
@@ -147,19 +222,14 @@ class ALPNet(nn.Module):
             UnreadableFileError: the file is missing or not a readable state dict.
             InputError: the state dict does not match this network's configuration.
         """
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # missing file, truncated archive, or objects refused by weights_only
-            raise UnreadableFileError(path, f"cannot read ALPNet weights ({type(err).__name__}: {err})") from err
-        if not isinstance(state, dict):
-            raise UnreadableFileError(path, f"expected a state dict, found {type(state).__name__}")
-        if isinstance(state.get("model"), dict) and "trainer" in state:  # a training checkpoint
-            state = state["model"]
+        state = read_weights(path)
         try:
             self.load_state_dict(state, strict=True)
-        except RuntimeError as err:
+        except (RuntimeError, ValueError) as err:
             raise InputError(
-                path, f"the weights do not match this ALPNet configuration (encoder, feature_channels, refine): {err}"
+                path,
+                "the weights do not match this ALPNet configuration (encoder, feature_channels, refine, "
+                f"slice_context): {err}",
             ) from err
 
     @property

@@ -24,6 +24,7 @@ from fewshot_monai.transforms.plane import (
 from fewshot_monai.transforms.slicing import (
     VolumeToSlices,
     VolumeToSlicesd,
+    neighbour_slices,
     slice_spacing,
     slices_to_volume,
     volume_to_slices,
@@ -62,6 +63,7 @@ __all__ = [
     "VolumeToSlices",
     "VolumeToSlicesd",
     "volume_to_slices",
+    "neighbour_slices",
     "slices_to_volume",
     "slice_spacing",
     "EnsureVolume",

@@ -34,7 +34,15 @@ from monai.utils import TraceKeys, ensure_tuple_rep
 from fewshot_monai.errors import GeometryMismatchError
 from fewshot_monai.transforms.validation import source_of
 
-__all__ = ["volume_to_slices", "slices_to_volume", "slice_spacing", "VolumeToSlices", "VolumeToSlicesd"]
+__all__ = [
+    "volume_to_slices",
+    "slices_to_volume",
+    "slice_spacing",
+    "neighbour_slices",
+    "image_slices",
+    "VolumeToSlices",
+    "VolumeToSlicesd",
+]
 
 
 def _plain(x) -> torch.Tensor:
@@ -81,22 +89,46 @@ def _resize_stack(stack: torch.Tensor, size: tuple[int, int] | None, mode: str, 
     return out.to(stack.dtype).reshape(n, c, *size)
 
 
+def neighbour_slices(stack: torch.Tensor, context: int, index=None) -> torch.Tensor:
+    """2.5D input: each slice of a single-channel stack ``(Z, 1, H, W)`` with its ``context`` neighbours on each
+    side as channels, ``(Z, 2 * context + 1, H, W)`` ordered from the lowest slice index to the highest; the first
+    and last slices stand in for the missing neighbours at the volume's ends.
+
+    Args:
+        stack: ``(Z, 1, H, W)``.
+        context: neighbours on each side (0 returns the stack's slices unchanged).
+        index: optional slice indices ``(N,)`` (or one int) to return only those slices, ``(N, 2c+1, H, W)``
+            (or ``(2c+1, H, W)`` for an int), without building the whole 2.5D stack.
+    """
+    if stack.ndim != 4 or stack.shape[1] != 1:
+        raise ValueError(f"expected a single-channel slice stack (Z, 1, H, W), got shape {tuple(stack.shape)}")
+    single = isinstance(index, int)
+    z = torch.arange(stack.shape[0]) if index is None else torch.as_tensor(index).reshape(-1)
+    offsets = torch.arange(-int(context), int(context) + 1)
+    rows = (z[:, None] + offsets[None, :]).clamp(0, stack.shape[0] - 1)  # (N, 2c+1)
+    out = stack[:, 0][rows]
+    return out[0] if single else out
+
+
 def volume_to_slices(
     volume,
     spatial_size: int | Sequence[int] | None = 256,
     channels: int | None = 3,
     mode: str = "bilinear",
     align_corners: bool | None = None,
+    context: int = 0,
 ) -> torch.Tensor:
     """Cut a channel-first volume ``(C, X, Y, Z)`` into axial slices ``(Z, channels, S, S)``.
 
     Args:
         volume: tensor-like ``(C, X, Y, Z)``.
         spatial_size: in-plane output size ``S`` (int or ``(H, W)``); ``None`` keeps ``(X, Y)``.
-        channels: output channels. A single-channel volume is tiled; otherwise it must equal ``C``.
-            ``None`` keeps ``C``.
+        channels: output channels. A single-channel volume is tiled (or, with ``context``, stacked with its
+            neighbours); otherwise it must equal ``C``. ``None`` keeps ``C``.
         mode: interpolation mode (``"bilinear"`` for images, ``"nearest"`` for labels; see module docstring).
         align_corners: passed to the interpolation for the linear modes.
+        context: 2.5D input (:func:`neighbour_slices`): each slice with its ``context`` neighbours on each side as
+            its channels, for a single-channel volume; ``channels`` must then be ``2 * context + 1`` (or None).
 
     Returns:
         a plain ``torch.Tensor`` of the volume's dtype (integer labels stay integer).
@@ -105,13 +137,31 @@ def volume_to_slices(
     if vol.ndim != 4:
         raise ValueError(f"expected a channel-first volume (C, X, Y, Z), got shape {tuple(vol.shape)}")
     in_channels = vol.shape[0]
+    context = int(context)
+    if context:
+        if in_channels != 1 or channels not in (None, 2 * context + 1):
+            raise ValueError(
+                f"2.5D slices with context {context} need a single-channel volume and {2 * context + 1} channels, "
+                f"got {in_channels} input and {channels} output channels"
+            )
+        channels = 1
     channels = in_channels if channels is None else int(channels)
     if in_channels not in (1, channels):
         raise ValueError(f"cannot make {channels} channels from a {in_channels}-channel volume")
     stack = _resize_stack(vol.permute(3, 0, 1, 2), _size2d(spatial_size), mode, align_corners)
+    if context:
+        return neighbour_slices(stack, context).contiguous()
     if channels != in_channels:
         stack = stack.expand(-1, channels, -1, -1)
     return stack.contiguous()
+
+
+def image_slices(volume, spatial_size: int | Sequence[int] | None = 256, context: int = 0) -> torch.Tensor:
+    """The float32 input slices ``(Z, 3, S, S)`` of the 2D encoders for an image volume ``(1, X, Y, Z)``: the grey
+    slice tiled (``context=0``) or the slice with its neighbours (2.5D, ``context=1``; a network's
+    ``slice_context``)."""
+    channels = 2 * int(context) + 1 if context else 3
+    return volume_to_slices(_plain(volume).float(), spatial_size, channels, "bilinear", context=context).float()
 
 
 def _unslice(slices: torch.Tensor, in_plane: tuple[int, int], mode: str, align_corners) -> torch.Tensor:
