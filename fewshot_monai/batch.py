@@ -46,7 +46,6 @@ __all__ = [
     "fingerprint",
     "SegmentationWriter",
     "to_input_geometry",
-    "match_plane",
     "z_range_note",
     "SUMMARY_COLUMNS",
 ]
@@ -194,6 +193,7 @@ def load_supports(
     """Load the support cases (image + label, validated, same grid) in their slicing ``plane``; supports cut in
     another plane than the first are resampled into it (one log line each). InputError names the bad file."""
     from fewshot_monai.data.io import load_case
+    from fewshot_monai.transforms.plane import match_plane
 
     if not images or len(images) != len(labels):
         raise InputError(None, f"give one --support-label per --support-image (got {len(images)} and {len(labels)})")
@@ -201,37 +201,6 @@ def load_supports(
     for support in supports[1:]:
         support.update(match_plane(support, supports[0]["image"], "support"))
     return supports
-
-
-def match_plane(case: dict, reference, role: str = "query") -> dict:
-    """``case``'s ``image`` (and ``label``, if any) in the plane of ``reference`` (a loaded support image): unchanged
-    when already cut in that plane or without a reference (a self-trained student has no support), else resampled
-    into it (:func:`~fewshot_monai.transforms.plane.to_plane`: square in-plane pixels, the reference's slice spacing)
-    with one log line."""
-    from fewshot_monai.transforms.plane import plane_of, to_plane
-    from fewshot_monai.transforms.slicing import slice_spacing
-    from fewshot_monai.transforms.validation import source_of
-
-    if reference is None:
-        return dict(case)
-    own, target = plane_of(case["image"]), plane_of(reference)
-    if own == target:
-        return dict(case)
-    logger.info(
-        "%s: %s cut in the %s plane, the support in the %s plane: %s resampled into the %s plane",
-        source_of(case["image"], "volume"),
-        role,
-        own,
-        target,
-        role,
-        target,
-    )
-    out = dict(case)
-    spacing = slice_spacing(reference)
-    out["image"] = to_plane(case["image"], target, spacing)
-    if case.get("label") is not None:
-        out["label"] = to_plane(case["label"], target, spacing, mode="nearest")
-    return out
 
 
 def _default_organs(label) -> dict[str, int]:
@@ -247,7 +216,8 @@ def _default_organs(label) -> dict[str, int]:
 def to_input_geometry(volume: torch.Tensor, reference) -> tuple[torch.Tensor, np.ndarray]:
     """``(C, X, Y, Z)`` data on the loaded grid of ``reference`` -> the input file's own voxel grid and order, with
     the input's affine: the loader's reorientation (to the slicing plane) undone exactly; a query resampled into
-    the support's plane (:func:`match_plane`) is resampled back (nearest for integer data, else bilinear)."""
+    the support's plane (:func:`~fewshot_monai.transforms.plane.match_plane`) is resampled back (nearest for integer
+    data, else bilinear)."""
     import nibabel as nib
     from monai.data import MetaTensor
     from monai.transforms import Orientation, SpatialResample
@@ -542,6 +512,7 @@ def _segment_case(
     """Segment and write one case (brought into the plane of ``reference``, the first support image); any failure
     becomes a ``failed`` row with its reason (the batch goes on)."""
     from fewshot_monai.data.io import find_input_error, load_case
+    from fewshot_monai.transforms.plane import match_plane
 
     start = time.perf_counter()
     try:

@@ -247,7 +247,7 @@ def test_a_sagittal_copy_segments_like_the_axial_original(phantoms, tmp_path, ca
     # an axial support with the sagittal query: the query is resampled into the support's plane (one log line) and
     # its mask still lands on its own file's grid
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="fewshot_monai.batch"):
+    with caplog.at_level(logging.INFO, logger="fewshot_monai.transforms.plane"):
         mixed_seg, _ = _segment(
             files["axial", "support"], root / "sagittal" / "query" / "query.nii.gz", tmp_path / "mixed"
         )

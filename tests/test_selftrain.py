@@ -52,6 +52,18 @@ def test_a_wholly_ignored_image_is_as_if_it_were_not_in_the_batch():
         MaskedDiceCELoss(ignore_index=3)(logits, torch.full_like(target, 4))
 
 
+def test_the_cli_offers_exactly_the_registered_filters():
+    import argparse
+
+    from fewshot_monai.cli.selftrain import add_parser
+    from fewshot_monai.pseudolabel.filters import FILTERS
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_parser(sub)
+    (action,) = [a for a in sub.choices["selftrain"]._actions if "--filter" in a.option_strings]
+    assert set(action.choices) == set(FILTERS)  # the CLI keeps a literal copy so that --help needs no torch
+
+
 def test_fixed_threshold_keeps_the_confident_voxels_exactly():
     confidence = np.array([[0.5, 0.95], [0.9, 0.2]])
     keeps, details = fixed_threshold([np.zeros((2, 2), int)], [confidence], threshold=0.9)

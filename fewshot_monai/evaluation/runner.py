@@ -405,7 +405,7 @@ class _EvaluationRun:
             logger.info("fold %d scan %s: %s (%.1f s)", fold.index, scan, dice, seconds)
 
     def run_query(self, fold: Fold, scan: str, segmenter, support_image) -> None:
-        from fewshot_monai.batch import match_plane
+        from fewshot_monai.transforms.plane import match_plane
 
         try:  # a query cut in another plane than the support is resampled into the support's (logged), label too
             query = match_plane(self.load(scan), support_image)

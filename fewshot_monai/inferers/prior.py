@@ -4,7 +4,7 @@ Prototype scores are local: a bright kidney looks like the other kidney, and a s
 support's label says where its organ sits relative to the body outline (left or right, front or back), and that
 relative position varies little between patients. This module turns it into a soft in-plane prior (rows and
 columns of the slice stacks, whatever their slicing plane: support and query must be cut in the same plane, as
-``fewshot_monai.batch.match_plane`` ensures; nothing here assumes which axis is left-right):
+``fewshot_monai.transforms.plane.match_plane`` ensures; nothing here assumes which axis is left-right):
 
 1. :func:`body_box` -- the in-plane bounding box of the body in a slice stack (Otsu threshold of the intensities,
    pixels that are body in at least a fifth of the slices);

@@ -294,7 +294,7 @@ class FewShotSegmenter:
         if self.plane is not None and isinstance(query, MetaTensor) and plane_of(query) != self.plane:
             logger.warning(
                 "%s: query cut in the %s plane but the support in the %s plane; resample it first "
-                "(fewshot_monai.batch.match_plane)",
+                "(fewshot_monai.transforms.plane.match_plane)",
                 source_of(query, "query"),
                 plane_of(query),
                 self.plane,

@@ -39,6 +39,7 @@ from monai.utils import TraceKeys
 from fewshot_monai.transforms.validation import source_of
 
 __all__ = [
+    "match_plane",
     "PLANES",
     "PLANE_AXCODES",
     "SPACING_TOLERANCE",
@@ -190,3 +191,32 @@ class SlicePlaned(MapTransform, InvertibleTransform):
         for key in self.key_iterator(d):
             d[key] = self.transform.inverse(d[key])
         return d
+
+
+def match_plane(case: dict, reference, role: str = "query") -> dict:
+    """``case``'s ``image`` (and ``label``, if any) in the plane of ``reference`` (a loaded support image): unchanged
+    when already cut in that plane or without a reference (a self-trained student has no support), else resampled
+    into it (:func:`~fewshot_monai.transforms.plane.to_plane`: square in-plane pixels, the reference's slice spacing)
+    with one log line."""
+    from fewshot_monai.transforms.slicing import slice_spacing
+
+    if reference is None:
+        return dict(case)
+    own, target = plane_of(case["image"]), plane_of(reference)
+    if own == target:
+        return dict(case)
+    logger.info(
+        "%s: %s cut in the %s plane, the support in the %s plane: %s resampled into the %s plane",
+        source_of(case["image"], "volume"),
+        role,
+        own,
+        target,
+        role,
+        target,
+    )
+    out = dict(case)
+    spacing = slice_spacing(reference)
+    out["image"] = to_plane(case["image"], target, spacing)
+    if case.get("label") is not None:
+        out["label"] = to_plane(case["label"], target, spacing, mode="nearest")
+    return out
