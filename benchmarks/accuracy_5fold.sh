@@ -4,7 +4,10 @@
 # scored in the same runs. Each run's summary.json is copied to docs/results/<dataset>_<protocol>/ and the README
 # table is regenerated from those files (benchmarks/results_table.py).
 # Usage: benchmarks/accuracy_5fold.sh chaos|sabs [ep1] [ep2]
-# Needs runs/models_<dataset>/fold<k>_setting1.pt (benchmarks/train_fold_models.sh) and itk-elastix.
+# Needs the chosen fold models (below; benchmarks/train_fold_models.sh) and itk-elastix. The self-supervision
+# recipe chosen on fold 0 (docs/accuracy.md, "Better self-supervision"), 1,000 iterations each:
+#   CHAOS: 2.5D input        TAG=25d   benchmarks/train_fold_models.sh chaos 1 0 1 2 3 4 -- --iterations 1000 --set network.slice_context=1
+#   SABS:  Lite1 encoder     TAG=lite1 benchmarks/train_fold_models.sh sabs 1 0 1 2 3 4 -- --iterations 1000 --set network.encoder=lite1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${SHARED_DATA:-../shared/data}"
@@ -13,13 +16,14 @@ dataset="$1"; shift
 protocols=("$@"); [ ${#protocols[@]} -eq 0 ] && protocols=(ep1 ep2)
 # the options chosen on fold 0 of each data set (docs/accuracy.md); the pseudo-labelling guard: SABS fold 0 +2.5, CHAOS fold 0 neutral
 CHOSEN=(--pseudo-label window --adapt-iterations "${ADAPT_ITERATIONS:-300}" --inferer-option min_agreement=0.5)
+declare -A MODELS=([chaos]=runs/models_chaos_25d [sabs]=runs/models_sabs_lite1)
 declare -A EP2_RANGE=([chaos]=network [sabs]=network)   # SABS: re-chosen on fold 0 with adaptation (docs/accuracy.md)
 for protocol in "${protocols[@]}"; do
   out="runs/final_${dataset}_${protocol}"
   extra=()
   [ "$protocol" = "ep2" ] && extra+=(--z-range-from "${EP2_RANGE[$dataset]}")
   fewshot-monai evaluate --data "$DATA/${FOLDER[$dataset]}" --dataset "$dataset" --protocol "$protocol" \
-    --setting 1 --folds 0,1,2,3,4 --shots 1 --model "runs/models_${dataset}" "${CHOSEN[@]}" "${extra[@]}" --joint \
+    --setting 1 --folds 0,1,2,3,4 --shots 1 --model "${MODELS[$dataset]}" "${CHOSEN[@]}" "${extra[@]}" --joint \
     --baseline registration --registration-cache "runs/regcache_${dataset}" --adapt-cache runs/adapt_cache \
     --no-progress --out "$out"
   mkdir -p "docs/results/${dataset}_${protocol}"
