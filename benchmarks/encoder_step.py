@@ -20,30 +20,15 @@ import time
 
 import torch
 
+from fewshot_monai.engines.selfsupervised import episode_alignment, episode_logits
 from fewshot_monai.networks import ALPNet, PrototypeAlignmentLoss, WeightedCrossEntropyLoss
 
 
 def step(net: ALPNet, query, q_mask, support, s_mask, ce_loss, align_loss) -> None:
-    b = query.shape[0]
-    feats = net.encode(torch.cat([query, support]))
-    q_feats, s_feats = feats[:b], feats[b:]
-    logits = torch.cat(
-        [
-            net.score(
-                q_feats[i : i + 1],
-                net.build_bank(support_masks=s_mask[i : i + 1], support_features=s_feats[i : i + 1]),
-                query.shape[-2:],
-            )
-            for i in range(b)
-        ]
-    )
-    align = torch.stack(
-        [
-            align_loss(net, q_feats[i : i + 1], logits[i : i + 1], s_feats[i : i + 1], s_mask[i : i + 1])
-            for i in range(b)
-        ]
-    )
-    (ce_loss(logits, q_mask).mean() + align.mean()).backward()
+    """One training step's forward and backward, as the trainer does it (no optimiser step)."""
+    logits, q_feats, s_feats = episode_logits(net, query, support, s_mask)
+    align = episode_alignment(align_loss, net, q_feats, logits, s_feats, s_mask)
+    (ce_loss(logits, q_mask).mean() + align).backward()
 
 
 def measure(encoder: str, episodes: int, size: int, warmup: int, repeats: int) -> dict:

@@ -37,3 +37,21 @@ def write_blob_case(directory, name: str, **kwargs):
     nib.save(nib.Nifti1Image(image[0].numpy(), affine), image_path)
     nib.save(nib.Nifti1Image(label[0].numpy(), affine), label_path)
     return image_path, label_path
+
+
+def photo_input(img: np.ndarray, size: int = 224) -> torch.Tensor:
+    """A photo (H, W[, 3|4]) as EfficientNet-Lite input: centre square crop, antialiased resize to ``size``,
+    RGB 0..255 -> the Lite input range ``(rgb - 127.5) / 128``."""
+    import torch.nn.functional as F
+
+    from fewshot_monai.networks.lite0 import EfficientNetLite
+
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    img = img[..., :3]
+    h, w = img.shape[:2]
+    s = min(h, w)
+    img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+    t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return EfficientNetLite.normalize_rgb(t)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from skimage import data
 
 from fewshot_monai.networks.lite0 import LITE0_STAGE_ENDS, EfficientNetLite0, SameConv2d, lite0_weights_path
+from tests.synthetic import photo_input
 
 # ImageNet-1k class ids
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -22,19 +22,6 @@ MISSILE, PROJECTILE, SPACE_SHUTTLE = 657, 744, 812
 def net():
     torch.manual_seed(0)
     return EfficientNetLite0(pretrained=True).eval()
-
-
-def _to_input(img: np.ndarray, size: int = 224) -> torch.Tensor:
-    """Centre square crop, antialiased resize to ``size``, RGB 0..255 -> Lite0 input range."""
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    img = img[..., :3]
-    h, w = img.shape[:2]
-    s = min(h, w)
-    img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
-    t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return EfficientNetLite0.normalize_rgb(t)
 
 
 def test_every_key_loads_strictly():
@@ -65,14 +52,14 @@ def test_imagenet_top1(net, name, allowed):
     if isinstance(img, tuple):  # stereo pair: left view
         img = img[0]
     with torch.no_grad():
-        probs = net(_to_input(img)).softmax(dim=1)[0]
+        probs = net(photo_input(img)).softmax(dim=1)[0]
     top1 = int(probs.argmax())
     assert top1 in allowed, (name, top1, float(probs.max()))
 
 
 def test_coffee_is_confident(net):
     with torch.no_grad():
-        probs = net(_to_input(data.coffee())).softmax(dim=1)[0]
+        probs = net(photo_input(data.coffee())).softmax(dim=1)[0]
     assert float(probs[ESPRESSO] + probs[CUP]) > 0.9
 
 

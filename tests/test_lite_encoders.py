@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from skimage import data
 
 from fewshot_monai.engines.selfsupervised import load_config
@@ -24,6 +22,7 @@ from fewshot_monai.networks.lite0 import (
     lite_stage_ends,
     lite_weights_path,
 )
+from tests.synthetic import photo_input
 
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO, CUP = 967, 968
@@ -97,19 +96,6 @@ def test_feature_levels_256(variant):
         model.level_blocks((64,))
 
 
-def _to_input(img: np.ndarray, size: int) -> torch.Tensor:
-    """Centre square crop, antialiased resize to ``size``, RGB 0..255 -> Lite input range."""
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    img = img[..., :3]
-    h, w = img.shape[:2]
-    s = min(h, w)
-    img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
-    t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return EfficientNetLite.normalize_rgb(t)
-
-
 def test_imagenet_top1(pretrained):
     """Top-1 on four scikit-image photos at the variant's resolution (240 / 260), as for Lite0 at 224.
 
@@ -123,7 +109,7 @@ def test_imagenet_top1(pretrained):
         (data.stereo_motorcycle()[0], {MOPED, MOTOR_SCOOTER}),
     ]
     with torch.no_grad():
-        probs = pretrained(torch.cat([_to_input(img, size) for img, _ in cases])).softmax(dim=1)
+        probs = pretrained(torch.cat([photo_input(img, size) for img, _ in cases])).softmax(dim=1)
     top1 = probs.argmax(dim=1).tolist()
     assert all(t in allowed for t, (_, allowed) in zip(top1, cases)), (pretrained.variant, top1)
     assert float(probs[1, ESPRESSO] + probs[1, CUP]) > 0.5

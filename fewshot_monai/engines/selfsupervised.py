@@ -54,6 +54,8 @@ __all__ = [
     "RESUME_KEYS",
     "SelfSupervisedTrainer",
     "TrainingRun",
+    "episode_logits",
+    "episode_alignment",
     "build_training",
     "train_from_config",
     "load_config",
@@ -200,6 +202,39 @@ def _prepare_episodes(batch: Mapping, device, non_blocking: bool = False) -> dic
     return {k: torch.as_tensor(batch[k]).to(device=device, non_blocking=non_blocking) for k in keys}
 
 
+def episode_logits(net, query: torch.Tensor, support: torch.Tensor, support_mask: torch.Tensor):
+    """The forward pass of a batch of ``B`` 1-shot episodes: queries and supports encoded in one pass, one prototype
+    bank per episode from its support, each query scored against its own bank.
+
+    Returns:
+        ``(logits (B, 2, H, W), query features, support features)``.
+    """
+    b = query.shape[0]
+    feats = net.encode(torch.cat([query, support]))
+    q_feats, s_feats = feats[:b], feats[b:]
+    logits = torch.cat(
+        [
+            net.score(
+                q_feats[i : i + 1],
+                net.build_bank(support_masks=support_mask[i : i + 1], support_features=s_feats[i : i + 1]),
+                query.shape[-2:],
+            )
+            for i in range(b)
+        ]
+    )
+    return logits, q_feats, s_feats
+
+
+def episode_alignment(align_loss, net, q_feats, logits, s_feats, support_mask) -> torch.Tensor:
+    """The prototype alignment loss (``align_loss``, PANet) of each episode of :func:`episode_logits`, averaged."""
+    return torch.stack(
+        [
+            align_loss(net, q_feats[i : i + 1], logits[i : i + 1], s_feats[i : i + 1], support_mask[i : i + 1])
+            for i in range(q_feats.shape[0])
+        ]
+    ).mean()
+
+
 class SelfSupervisedTrainer(SupervisedTrainer):
     """
     ``SupervisedTrainer`` for episodic prototype training: each batch is ``B`` episodes (see
@@ -290,34 +325,17 @@ class SelfSupervisedTrainer(SupervisedTrainer):
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         query, q_mask = batch["query_image"], batch["query_mask"]
         support, s_mask = batch["support_image"], batch["support_mask"]
-        b = query.shape[0]
         engine.state.output = {Keys.IMAGE: query, Keys.LABEL: q_mask}
         net = engine.network
         net.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
 
-        feats = net.encode(torch.cat([query, support]))
-        q_feats, s_feats = feats[:b], feats[b:]
-        logits = torch.cat(
-            [
-                net.score(
-                    q_feats[i : i + 1],
-                    net.build_bank(support_masks=s_mask[i : i + 1], support_features=s_feats[i : i + 1]),
-                    query.shape[-2:],
-                )
-                for i in range(b)
-            ]
-        )
+        logits, q_feats, s_feats = episode_logits(net, query, support, s_mask)
         engine.state.output[Keys.PRED] = logits
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         ce = engine.loss_function(logits, q_mask).mean()
         if self.align_weight > 0:
-            align = torch.stack(
-                [
-                    self.align_loss(net, q_feats[i : i + 1], logits[i : i + 1], s_feats[i : i + 1], s_mask[i : i + 1])
-                    for i in range(b)
-                ]
-            ).mean()
+            align = episode_alignment(self.align_loss, net, q_feats, logits, s_feats, s_mask)
         else:
             align = ce.new_zeros(())
         loss = ce + self.align_weight * align

@@ -173,7 +173,6 @@ class ALPNet(nn.Module):
         self.fg_threshold = float(fg_threshold)
         self.bg_threshold = self.fg_threshold if bg_threshold is None else float(bg_threshold)
         self.slice_context = int(slice_context)
-        self.refine_enabled = bool(refine)
         self._register_load_state_dict_pre_hook(self._default_architecture)
         if weights is not None:
             self.load_weights(weights)
@@ -183,7 +182,7 @@ class ALPNet(nn.Module):
         return {
             "encoder": self.encoder_name,
             "feature_channels": int(self.feature_channels),
-            "refine": self.refine_enabled,
+            "refine": self.encoder.refine is not None,
             "slice_context": self.slice_context,
         }
 
@@ -213,8 +212,13 @@ class ALPNet(nn.Module):
             UnreadableFileError: the file is missing or not a readable state dict.
             InputError: the state dict does not match the recorded architecture.
         """
-        arch = dict(read_weights(path).get(ARCHITECTURE_KEY, {}).get("architecture", {}))
-        return cls(**{**arch, **kwargs, "pretrained": False, "weights": path})
+        state = read_weights(path)
+        arch = dict(state.get(ARCHITECTURE_KEY, {}).get("architecture", {}))
+        if kwargs.get("freeze_bn") is None:  # as for ALPNet(weights=path): trained statistics are kept
+            kwargs["freeze_bn"] = True
+        network = cls(**{**arch, **kwargs, "pretrained": False})
+        network._load_state(state, path)
+        return network
 
     def load_weights(self, path: str | PathLike) -> None:
         """Load a full ALPNet state dict saved with ``torch.save(net.state_dict(), path)`` (``weights_only=True``,
@@ -224,7 +228,9 @@ class ALPNet(nn.Module):
             UnreadableFileError: the file is missing or not a readable state dict.
             InputError: the state dict does not match this network's configuration.
         """
-        state = read_weights(path)
+        self._load_state(read_weights(path), path)
+
+    def _load_state(self, state: dict, path: str | PathLike) -> None:
         try:
             self.load_state_dict(state, strict=True)
         except (RuntimeError, ValueError) as err:

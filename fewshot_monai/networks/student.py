@@ -67,12 +67,13 @@ def build_student(name: str, args: Mapping) -> torch.nn.Module:
 
 def save_student(path: str | os.PathLike, network: torch.nn.Module, info: StudentInfo) -> None:
     """Write the checkpoint atomically."""
+    from fewshot_monai.networks.alpnet import cpu_state_dict
     from fewshot_monai.utils.files import atomic_write
 
     checkpoint = {
         "format": STUDENT_FORMAT,
         "network": {"name": info.name, "args": dict(info.args)},
-        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        "state_dict": cpu_state_dict(network),
         "organs": dict(info.organs),
         "intensity": info.intensity,
         "slice_size": int(info.slice_size),
