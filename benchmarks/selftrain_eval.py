@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", required=True, help="a .pt or a folder of fold<k>_setting1.pt")
     parser.add_argument("--adapt-cache", default="runs/adapt_cache")
     parser.add_argument("--teacher-labels", default=None, help="a pseudolabel --min-confidence 0 output to reuse")
+    parser.add_argument("--labeller", choices=("fewshot", "reference"), default="fewshot", help="round 0's teacher")
     parser.add_argument("--fewshot-ep1", default="runs/final_chaos_ep1/per_scan.csv")
     parser.add_argument("--fewshot-ep2", default="runs/final_chaos_ep2/per_scan.csv")
     parser.add_argument("--out", required=True)
@@ -142,6 +143,8 @@ def main(argv=None) -> int:
                "--channels", args.channels]  # fmt: skip
     if args.teacher_labels:
         command += ["--teacher-labels", args.teacher_labels]
+    if args.labeller != "fewshot":
+        command += ["--labeller", args.labeller]
     subprocess.run(command, check=True)
     result = json.loads((out / "selftrain" / "selftrain.json").read_text())
     options = SelfTrainOptions(filter=args.filter)
@@ -171,6 +174,7 @@ def main(argv=None) -> int:
         "protocol": args.protocol,
         "filter": args.filter,
         "filter_options": taken,
+        "labeller": args.labeller,
         "support": list(fold.support_ids),
         "training_scans": train_scans,
         "iterations_per_round": args.iterations,

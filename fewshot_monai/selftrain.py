@@ -231,7 +231,8 @@ def self_train(
         else:
             teacher = dataclasses.replace(segment, model=str(output / f"round_{r - 1}" / "student.pt"))
             summary = segment_folder(input, pseudo, [], [], teacher, writer)
-        labelling = {"teacher": "few-shot" if r == 0 else f"student of round {r - 1}",
+        first = "reference" if segment.pseudo_label == "reference_labels" else "few-shot"
+        labelling = {"teacher": first if r == 0 else f"student of round {r - 1}",
                      "seconds": round(time.perf_counter() - start, 1), "done": summary["done"],
                      "skipped": summary["skipped"], "failed": [c["case"] for c in summary["cases"]
                                                                if c["status"] == "failed"]}  # fmt: skip

@@ -35,13 +35,25 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--min-confidence", type=float, default=0.9, help="voxels less confident than this are 'ignore' (default 0.9)"
     )
+    add_labeller_argument(parser)
+    parser.set_defaults(run=run)
+
+
+def add_labeller_argument(parser) -> None:
+    """``--labeller fewshot|reference`` (``pseudolabel``, and ``selftrain``'s round-0 teacher)."""
     parser.add_argument(
         "--labeller",
         choices=("fewshot", "reference"),
         default="fewshot",
         help="fewshot (default): the few-shot segmenter; reference: nearest support pixel in feature space",
     )
-    parser.set_defaults(run=run)
+
+
+def with_labeller(options, labeller: str):
+    """The batch options of ``labeller``: the reference labels are final, so no stage on top and no guard."""
+    if labeller == "reference":
+        options.pseudo_label, options.min_agreement = "reference_labels", 0.0
+    return options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +65,5 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}")
         return 2
-    options = batch_options(args)
-    if args.labeller == "reference":  # the labels are the reference-guided ones: no stage on top, no guard
-        options.pseudo_label, options.min_agreement = "reference_labels", 0.0
+    options = with_labeller(batch_options(args), args.labeller)
     return run_segmentation(args.input, args.output, args.support_image, args.support_label, options, writer)

@@ -4,7 +4,8 @@ that segments with no support.
     fewshot-monai selftrain --support-image S.nii.gz --support-label S_seg.nii.gz \\
         --organs liver=1,spleen=4 --input unlabelled/ --output selftrain/ --rounds 2 --filter classwise
 
-Each round a teacher (round 0: the few-shot segmenter with the `segment` options; later: the previous student)
+Each round a teacher (round 0: the few-shot segmenter with the `segment` options, or with --labeller reference the
+reference-guided labels of `pseudolabel`; later: the previous student)
 labels every input volume with a confidence, the filter keeps the reliable voxels (the others are ignored by the
 loss), and a 2D MONAI U-Net student is trained on the support plus the kept pseudo-labels. Writes
 round_<r>/pseudo/ (the teacher's labels as an nnU-Net v2 dataset), round_<r>/student.pt, round_<r>/round.json,
@@ -23,6 +24,7 @@ import logging
 
 from fewshot_monai.cli.arguments import int_list
 from fewshot_monai.cli.main import SUBCOMMANDS
+from fewshot_monai.cli.pseudolabel import add_labeller_argument, with_labeller
 from fewshot_monai.cli.segment import add_batch_arguments, batch_options
 
 __all__ = ["add_parser", "run"]
@@ -38,6 +40,7 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_batch_arguments(parser)
+    add_labeller_argument(parser)
     group = parser.add_argument_group("self-training")
     group.add_argument("--rounds", type=int, default=2, help="teacher -> student rounds (default 2)")
     group.add_argument("--filter", choices=("fixed", "classwise", "stpp"), default="classwise", help="(classwise)")
@@ -69,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
             teacher_labels=args.teacher_labels, progress=not args.no_progress,
         )  # fmt: skip
         result = self_train(
-            args.input, args.output, args.support_image, args.support_label, batch_options(args), options
+            args.input,
+            args.output,
+            args.support_image,
+            args.support_label,
+            with_labeller(batch_options(args), args.labeller),
+            options,
         )
     except (FewShotError, ValueError, RuntimeError) as err:
         logger.error("self-training stopped: %s", err)

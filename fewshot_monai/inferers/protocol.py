@@ -334,6 +334,7 @@ class FewShotSliceProtocol:
         z_range: tuple[int, int] | None | str = "estimate",
         query_features: torch.Tensor | None = None,
         slice_spacing: float = 1.0,
+        search_window: tuple[int, int] | None = None,
     ) -> FewShotContext:
         """Run the plain protocol.
 
@@ -346,6 +347,8 @@ class FewShotSliceProtocol:
             z_range: inclusive query organ range (EP1, known from the label), or ``"estimate"`` (EP2).
             query_features: cached features of ``query`` (skips encoding).
             slice_spacing: the query's slice spacing, in the unit of ``support.organ_lengths`` (mm).
+            search_window: with ``"estimate"``: inclusive query slices the first pass may find the organ in
+                (:mod:`fewshot_monai.inferers.anchor`); None: anywhere.
 
         Returns:
             the context, whose ``probabilities`` is the plain prediction.
@@ -371,8 +374,13 @@ class FewShotSliceProtocol:
             first = self.score(network, features, support.all_slices_bank, output_size)
             first = self._with_prior(first, position_prior)
             prior = float(np.mean(support.organ_lengths)) / float(slice_spacing) if support.organ_lengths else None
+            foreground = (first[:, 1] > 0.5).cpu().numpy()
+            if search_window is not None:
+                foreground[: max(0, int(search_window[0]))] = False
+                foreground[int(search_window[1]) + 1 :] = False
+                diagnostics["search_window"] = (int(search_window[0]), int(search_window[1]))
             z_range = estimate_z_range(
-                (first[:, 1] > 0.5).cpu().numpy(),
+                foreground,
                 self.estimate_min_voxels,
                 peak_fraction=self.peak_fraction,
                 prior_length=prior,

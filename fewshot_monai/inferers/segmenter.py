@@ -30,6 +30,7 @@ import torch
 from monai.data import MetaTensor
 
 from fewshot_monai.errors import EmptyMaskError
+from fewshot_monai.inferers.anchor import organ_positions, pick_anchor, search_window
 from fewshot_monai.inferers.protocol import (
     FewShotContext,
     FewShotSliceProtocol,
@@ -38,7 +39,13 @@ from fewshot_monai.inferers.protocol import (
 )
 from fewshot_monai.transforms.labels import largest_component, merge_organ_probabilities
 from fewshot_monai.transforms.plane import plane_of
-from fewshot_monai.transforms.slicing import image_slices, slice_spacing, slices_to_volume, volume_to_slices
+from fewshot_monai.transforms.slicing import (
+    image_slices,
+    slice_spacing,
+    slice_step,
+    slices_to_volume,
+    volume_to_slices,
+)
 from fewshot_monai.transforms.validation import source_of
 
 logger = logging.getLogger(__name__)
@@ -165,6 +172,10 @@ class FewShotSegmenter:
             0 (default): none.
         min_agreement: the stage steps aside (the plain prediction is kept) when its prediction overlaps the plain
             one with a Dice below this; 0 (default) disables the check.
+        range_anchor: when ranges are estimated and the support labels several organs, find this organ's range
+            first (``"auto"``: the organ with the most support voxels) and search each other organ only near where
+            the support's layout puts it relative to the anchor (:mod:`fewshot_monai.inferers.anchor`); None
+            (default): every organ is searched in the whole query.
         adaptation: optional :class:`~fewshot_monai.engines.adaptation.SupportAdaptation` (or a dict of its
             fields): fine-tune a copy of the network on the support's own slices, for all organs, before encoding.
         adapt_cache: folder where adapted networks are kept and reused.
@@ -193,6 +204,7 @@ class FewShotSegmenter:
         prior_weight: float = 0.5,
         spatial_prior: float = 0.0,
         min_agreement: float = 0.0,
+        range_anchor: str | None = None,
         adaptation=None,
         adapt_cache: str | None = None,
         progress: bool = False,
@@ -214,6 +226,8 @@ class FewShotSegmenter:
         self.pseudo_label = pseudo_label
         self.largest_component = bool(largest_component)
         self.min_agreement = float(min_agreement)
+        if range_anchor is not None and range_anchor != "auto" and range_anchor not in self.organs:
+            raise ValueError(f"range_anchor {range_anchor!r} is not one of the organs {list(self.organs)} (or 'auto')")
         images = as_volumes(support_images, "support_images")
         labels = as_volumes(support_labels, "support_labels")
         if len(images) != len(labels):
@@ -235,6 +249,8 @@ class FewShotSegmenter:
         image_stacks = [image_slices(img, self.spatial_size, context) for img in images]
         label_stacks = [volume_to_slices(lb, self.spatial_size, 1, "nearest").round().long() for lb in labels]
         spacings = [slice_spacing(img) for img in images]
+        self.positions = [organ_positions(lb, self.organs, slice_step(im)) for lb, im in zip(label_stacks, images)]
+        self.range_anchor = range_anchor and pick_anchor(self.positions, range_anchor, list(self.organs))
         self.plane = plane_of(images[0]) if isinstance(images[0], MetaTensor) else None
         self.supports: dict[str, PreparedSupport] = {}
         for organ, label_id in self.organs.items():
@@ -302,11 +318,16 @@ class FewShotSegmenter:
         stack = image_slices(query, self.spatial_size, getattr(self.network, "slice_context", 0))
         features = self.protocol.encode(self.network, stack)
         encode_seconds = time.perf_counter() - start
-        spacing = slice_spacing(query)
+        spacing, step = slice_spacing(query), slice_step(query)
+        anchor = self.range_anchor if self.range_anchor in names and len(names) > 1 else None
+        order = names if anchor is None else [anchor] + [o for o in names if o != anchor]
         results = {}
-        for organ in names:
+        for organ in order:
             t0 = time.perf_counter()
             given = z_ranges.get(organ)
+            window = None
+            if given is None and anchor is not None and organ != anchor and results[anchor].z_range is not None:
+                window = search_window(self.positions, organ, anchor, results[anchor].z_range, step, len(stack))
             context = self.protocol(
                 self.network,
                 stack,
@@ -314,8 +335,10 @@ class FewShotSegmenter:
                 z_range="estimate" if given is None else (int(given[0]), int(given[1])),
                 query_features=features,
                 slice_spacing=spacing,
+                search_window=window,
             )
             results[organ] = self._finish(context, query, time.perf_counter() - t0)
+        results = {o: results[o] for o in names}
         return Segmentation(results, {o: self.organs[o] for o in names}, time.perf_counter() - start, encode_seconds)
 
     def _finish(self, context: FewShotContext, query: torch.Tensor, seconds: float) -> OrganSegmentation:
@@ -335,7 +358,9 @@ class FewShotSegmenter:
             if report["accepted"]:
                 final = torch.as_tensor(slices_to_volume(refined, query, mode="bilinear"))[1]
         diagnostics = {
-            k: context.diagnostics[k] for k in ("estimated_z_range", "prior_length_slices") if k in context.diagnostics
+            k: context.diagnostics[k]
+            for k in ("estimated_z_range", "prior_length_slices", "search_window")
+            if k in context.diagnostics
         }
         return OrganSegmentation(
             probability=final,

@@ -38,6 +38,7 @@ __all__ = [
     "volume_to_slices",
     "slices_to_volume",
     "slice_spacing",
+    "slice_step",
     "neighbour_slices",
     "image_slices",
     "VolumeToSlices",
@@ -59,6 +60,17 @@ def slice_spacing(volume) -> float:
     if isinstance(volume, MetaTensor):
         return float(affine_to_spacing(volume.affine, r=3)[2])
     return 1.0
+
+
+def slice_step(volume) -> float:
+    """Signed mm per slice of a ``(C, X, Y, Z)`` volume along the world axis its slice axis follows most (for an
+    axial scan: positive when the slice index runs towards the head). 1.0 without an affine: positions are then
+    counted in slices, and volumes are taken to run the same way."""
+    if not isinstance(volume, MetaTensor):
+        return 1.0
+    column = torch.as_tensor(volume.affine, dtype=torch.float64)[:3, 2]
+    step = float(column[int(torch.argmax(column.abs()))])
+    return step if step != 0.0 else 1.0
 
 
 def _size2d(spatial_size) -> tuple[int, int] | None:
