@@ -76,6 +76,9 @@ class SegmentOptions:
         plane: the slicing plane of supports and queries (``auto``: each volume's acquisition plane; ``stored``,
             ``axial``, ``coronal``, ``sagittal``: see :mod:`fewshot_monai.transforms.plane`).
         n_chunks, spatial_size: the few-shot protocol's options.
+        range_anchor: with several organs, each organ's range is searched near where the support's layout puts it
+            relative to this organ's (``auto``: the organ with the most support voxels; ``none``: every organ in
+            the whole volume; :mod:`fewshot_monai.inferers.anchor`).
         progress: show a progress bar.
         extra: further :class:`~fewshot_monai.inferers.FewShotSegmenter` options (``min_agreement``, ...).
         model: a self-trained student checkpoint (``fewshot-monai selftrain``); it segments with no support (its
@@ -97,6 +100,7 @@ class SegmentOptions:
     plane: str = "auto"
     n_chunks: int = 3
     spatial_size: int = 256
+    range_anchor: str = "auto"
     progress: bool = True
     extra: dict = field(default_factory=dict)
     model: str | None = None
@@ -130,6 +134,7 @@ class SegmentOptions:
             "overlays": bool(self.overlays),
             "extra": dict(self.extra),
             **({"plane": self.plane} if self.plane != "auto" else {}),  # absent: fingerprints from before planes hold
+            "range_anchor": self.range_anchor,
         }
 
 
@@ -496,6 +501,7 @@ def _prepare(supports, organs, weights, options: SegmentOptions, output: Path):
         spatial_size=options.spatial_size,
         pseudo_label=get_pseudo_label(options.pseudo_label),
         min_agreement=float(options.min_agreement),
+        range_anchor=None if str(options.range_anchor).lower() == "none" else options.range_anchor,
         adaptation=adaptation,
         adapt_cache=options.adapt_cache or str(output / ".cache"),
         progress=options.progress,

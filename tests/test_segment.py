@@ -118,6 +118,10 @@ def test_bad_inputs_stop_before_any_work_with_one_line(study, tmp_path, caplog):
     wrong = ["--organs", "liver=6", "--intensity", "preprocessed", "--adapt-iterations", "0", "--no-progress"]
     assert main(["segment", *bad_support, "--input", str(study["inputs"]), "--output", str(out), *wrong]) == 2
     assert "organ 'liver' (label 6) is missing from the support label" in caplog.text
+    caplog.clear()
+    anchor = ["--range-anchor", "spleen", "--intensity", "preprocessed", "--adapt-iterations", "0", "--no-progress"]
+    assert main(["segment", *study["support"], "--input", str(study["inputs"]), "--output", str(out), *anchor]) == 2
+    assert "range_anchor 'spleen' is not one of the organs" in caplog.text and "Traceback" not in caplog.text
     assert not out.exists() or not list(out.glob("*_seg.nii.gz"))
 
 

@@ -69,6 +69,12 @@ def add_batch_arguments(parser: argparse.ArgumentParser, support_required: bool 
         "--adapt-iterations", type=int, default=300, help="support adaptation, once per batch (default 300; 0: off)"
     )
     parser.add_argument("--adapt-cache", default=None, help="where adapted networks are kept (default <output>/.cache)")
+    parser.add_argument(
+        "--range-anchor",
+        default="auto",
+        help="search each organ near where the support puts it relative to this organ's range: auto (default: the "
+        "organ with the most support voxels), an organ name, or none",
+    )
     parser.add_argument("--series", default=None, help="DICOM series to read from a folder holding several")
     parser.add_argument("--plane", choices=PLANE_CHOICES, default="auto", help=PLANE_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -91,6 +97,7 @@ def batch_options(args: argparse.Namespace):
         overlays=not getattr(args, "no_overlay", True),
         series=args.series,
         plane=args.plane,
+        range_anchor=args.range_anchor,
         progress=not args.no_progress,
         model=getattr(args, "model", None),
     )
