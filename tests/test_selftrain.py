@@ -173,3 +173,24 @@ def test_selftrain_refuses_bad_options_and_a_missing_input_with_one_line(tmp_pat
     assert "self-training stopped: rounds must be >= 1, got 0" in caplog.text
     assert main(["selftrain", *common]) == 2
     assert "nothing: input does not exist" in caplog.text and not (tmp_path / "out").exists()
+
+
+def test_the_reference_labeller_can_be_round_0_teacher(selftrained, tmp_path):
+    """``selftrain --labeller reference``: round 0's labels are those of ``pseudolabel --labeller reference``."""
+    from fewshot_monai.cli.main import main
+
+    root = selftrained["root"]
+    support = ["--support-image", str(root / "support_image.nii.gz")]
+    support += ["--support-label", str(root / "support_label.nii.gz")]
+    common = [*support, "--organs", "liver=1", "--intensity", "mri", "--adapt-iterations", "0", "--no-progress"]
+    reference = [*common, "--input", str(root / "in"), "--labeller", "reference"]
+    assert main(["pseudolabel", *reference, "--output", str(tmp_path / "labels"), "--min-confidence", "0"]) == 0
+    student = ["--rounds", "1", "--iterations", "2", "--batch-size", "2", "--slice-size", "32", "--channels", "4,8"]
+    assert main(["selftrain", *reference, "--output", str(tmp_path / "st"), *student]) == 0
+    record = json.loads((tmp_path / "st" / "selftrain.json").read_text())
+    assert record["rounds"][0]["labelling"]["teacher"] == "reference"
+    assert record["rounds"][1]["labelling"]["teacher"] == "student of round 0"
+    for case in selftrained["labels"]:
+        ours = nib.load(tmp_path / "st" / "round_0" / "pseudo" / "labelsTr" / f"{case}.nii.gz").get_fdata()
+        theirs = nib.load(tmp_path / "labels" / "labelsTr" / f"{case}.nii.gz").get_fdata()
+        assert ours.any() and np.array_equal(ours, theirs)
