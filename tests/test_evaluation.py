@@ -362,6 +362,7 @@ def test_pseudo_label_run_scores_plain_and_refined_with_diagnostics(phantom_dir,
     assert "## Inference-time pseudo-labelling" in report
 
 
+@pytest.mark.slow
 def test_ep2_range_from_registration(phantom_dir, tmp_path):
     from fewshot_monai.evaluation.registration import elastix_available
     from fewshot_monai.evaluation.runner import run_evaluation

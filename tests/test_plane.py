@@ -228,6 +228,7 @@ def _dice(seg_path, truth_path):
     return {organ: dice_score(s == i, t == i) for organ, i in (("liver", 1), ("spleen", 4))}
 
 
+@pytest.mark.slow
 def test_a_sagittal_copy_segments_like_the_axial_original(phantoms, tmp_path, caplog):
     root, files = phantoms
     axial_seg, axial_report = _segment(

@@ -204,6 +204,7 @@ def test_pseudolabel_writes_an_nnunet_dataset_with_ignore_below_the_confidence(s
     assert not (np.asarray(nib.load(out / "labelsTr" / "nrrd_case.nii.gz").dataobj) == 2).any()
 
 
+@pytest.mark.slow
 def test_pseudolabel_with_the_reference_labeller_writes_nearest_neighbour_labels(study, tmp_path):
     out = tmp_path / "Dataset502_Blob"
     args = ["pseudolabel", *study["support"], "--input", str(study["inputs"]), "--output", str(out), *FAST]

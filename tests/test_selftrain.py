@@ -175,6 +175,7 @@ def test_selftrain_refuses_bad_options_and_a_missing_input_with_one_line(tmp_pat
     assert "nothing: input does not exist" in caplog.text and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_the_reference_labeller_can_be_round_0_teacher(selftrained, tmp_path):
     """``selftrain --labeller reference``: round 0's labels are those of ``pseudolabel --labeller reference``."""
     from fewshot_monai.cli.main import main
