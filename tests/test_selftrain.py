@@ -118,6 +118,22 @@ def selftrained(tmp_path_factory):
     return {"root": root, "result": result, "labels": labels}
 
 
+def test_a_students_label_map_is_its_softmax_argmax_even_where_no_class_holds_half():
+    from fewshot_monai.inferers import label_map, organ_probabilities
+
+    # one voxel per case: a kidney ahead with 0.40 of five classes; a clear liver; background ahead; a tie-free mix
+    softmax = torch.tensor(
+        [[0.30, 0.05, 0.50, 0.20], [0.15, 0.90, 0.20, 0.35], [0.40, 0.02, 0.10, 0.05], [0.10, 0.02, 0.10, 0.38],
+         [0.05, 0.01, 0.10, 0.02]]  # fmt: skip
+    ).reshape(5, 4, 1, 1)
+    organs = organ_probabilities(softmax)
+    assert organs.shape == (4, 4, 1, 1)
+    assert label_map({k + 1: organs[k] for k in range(4)}).flatten().tolist() == [2, 1, 0, 3]
+    assert softmax[2, 0].item() < 0.5 and organs[1, 0].item() == pytest.approx(0.40 / (0.40 + 0.30))
+    masks = organs > 0.5  # each organ's own mask is exactly its argmax region
+    assert torch.equal(masks, softmax.argmax(0)[None] == torch.arange(1, 5).reshape(4, 1, 1, 1))
+
+
 def test_a_selftrain_round_gives_a_student_that_segments_the_phantoms(selftrained):
     root, result = selftrained["root"], selftrained["result"]
     assert [r["round"] for r in result["rounds"]] == [0, 1] and result["rounds"][1]["final"]

@@ -8,12 +8,13 @@ from .protocol import (
     support_set_from_stacks,
 )
 from .segmenter import FewShotSegmenter, OrganSegmentation, Segmentation, keep_largest_component, label_map
-from .student import StudentSegmenter, student_probabilities
+from .student import StudentSegmenter, organ_probabilities, student_probabilities
 
 __all__ = [
     "FewShotVolumeInferer",
     "FewShotSegmenter",
     "StudentSegmenter",
+    "organ_probabilities",
     "student_probabilities",
     "Segmentation",
     "OrganSegmentation",

@@ -1,8 +1,10 @@
 """Run a self-trained student (:mod:`fewshot_monai.networks.student`) on a volume: no support, no z-range.
 
 :class:`StudentSegmenter` resizes the query's axial slices to the student's ``slice_size``, runs the 2D network
-slice by slice with :class:`monai.inferers.SliceInferer`, takes the softmax over background and organs, keeps each
-organ's largest 3D component and maps the probabilities back to the query's geometry. It returns the same
+slice by slice with :class:`monai.inferers.SliceInferer`, takes the softmax over background and organs, turns it into
+one probability per organ (:func:`organ_probabilities`: the organ against its strongest rival, so that the shared
+label-map rule gives the softmax's argmax), keeps each organ's largest 3D component and maps the probabilities back
+to the query's geometry. It returns the same
 :class:`~fewshot_monai.inferers.Segmentation` as :class:`~fewshot_monai.inferers.FewShotSegmenter`, so the batch
 machinery (``fewshot-monai segment --model student.pt``, the bundle) writes the same outputs with the same merging
 rule (:func:`~fewshot_monai.inferers.label_map`), and a self-training round uses it as the next teacher.
@@ -18,7 +20,7 @@ import torch
 from fewshot_monai.inferers.segmenter import OrganSegmentation, Segmentation
 from fewshot_monai.transforms.labels import largest_component
 
-__all__ = ["StudentSegmenter", "student_probabilities"]
+__all__ = ["StudentSegmenter", "organ_probabilities", "student_probabilities"]
 
 
 @torch.no_grad()
@@ -38,6 +40,25 @@ def student_probabilities(network: torch.nn.Module, volume: torch.Tensor, slice_
     logits = inferer(resized, network)
     probabilities = torch.softmax(torch.as_tensor(logits).float(), dim=1)
     return F.interpolate(probabilities, size=(x, y, z), mode="trilinear", align_corners=False)[0]
+
+
+def organ_probabilities(softmax: torch.Tensor) -> torch.Tensor:
+    """``(K, ...)`` softmax over background and ``K - 1`` organs -> ``(K - 1, ...)``: each organ's probability against
+    its strongest rival (the background or another organ), ``p_k / (p_k + max_{j != k} p_j)``.
+
+    An organ is above 0.5 exactly where it is the softmax's argmax, so the one label-map rule of every entry point
+    (:func:`~fewshot_monai.inferers.label_map`: the most probable organ above 0.5) gives the argmax, and each organ's
+    mask (``> 0.5``) is its argmax region. Thresholding the raw softmax at 0.5 instead loses every voxel where the
+    argmax organ holds less than half the mass: a kidney beside the liver, with the probability spread over five
+    classes, shrank by a third that way, and a student trained on such labels lost it.
+    """
+    softmax = torch.as_tensor(softmax).float()
+    top, index = softmax.topk(2, dim=0)  # a class's strongest rival: the top class, or the second where it is the top
+    organs = []
+    for k in range(1, softmax.shape[0]):
+        rival = torch.where(index[0] == k, top[1], top[0])
+        organs.append(softmax[k] / (softmax[k] + rival).clamp_min(1e-12))
+    return torch.stack(organs)
 
 
 class StudentSegmenter:
@@ -81,10 +102,11 @@ class StudentSegmenter:
         start = time.perf_counter()
         if query.ndim != 4:
             raise ValueError(f"query must be (C, X, Y, Z), got shape {tuple(query.shape)}")
-        probabilities = student_probabilities(self.network, query, self.slice_size, self.batch_size)
+        softmax = student_probabilities(self.network, query, self.slice_size, self.batch_size)
+        probabilities = organ_probabilities(softmax)
         encode_seconds = time.perf_counter() - start
         results = {}
-        for index, organ in enumerate(self.organs, start=1):
+        for index, organ in enumerate(self.organs):
             t0 = time.perf_counter()
             probability = probabilities[index]
             if self.largest_component:
