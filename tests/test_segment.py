@@ -204,6 +204,44 @@ def test_pseudolabel_writes_an_nnunet_dataset_with_ignore_below_the_confidence(s
     assert not (np.asarray(nib.load(out / "labelsTr" / "nrrd_case.nii.gz").dataobj) == 2).any()
 
 
+def _nnunet_python() -> str | None:
+    """An interpreter that imports nnunetv2: this one, or ``FEWSHOT_NNUNET_PYTHON`` (nnunetv2 pulls its own torch,
+    so it usually lives in a separate environment; docs/pseudo_labelling.md)."""
+    import importlib.util
+
+    if importlib.util.find_spec("nnunetv2") is not None:
+        return sys.executable
+    return os.environ.get("FEWSHOT_NNUNET_PYTHON") or None
+
+
+NNUNET_CHECK = (
+    "import sys\n"
+    "from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity\n"
+    "verify_dataset_integrity(sys.argv[1], num_processes=1)\n"
+)
+
+
+def test_pseudolabel_output_passes_nnunets_own_dataset_check(study, tmp_path):
+    python = _nnunet_python()
+    if python is None:
+        pytest.skip("nnunetv2 is not importable (set FEWSHOT_NNUNET_PYTHON to an interpreter that has it)")
+    out = tmp_path / "Dataset503_Blob"
+    args = ["pseudolabel", *study["support"], "--input", str(study["inputs"]), "--output", str(out), *FAST]
+    assert main([*args, "--min-confidence", "0.9"]) == 1  # the corrupt file fails, the others are labelled
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        **{k: str(tmp_path / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")},
+    }
+    check = subprocess.run([python, "-c", NNUNET_CHECK, str(out)], capture_output=True, text=True, env=env)
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+    dataset = json.loads((out / "dataset.json").read_text())
+    del dataset["labels"]["ignore"]  # the label files now hold a value dataset.json does not declare
+    (out / "dataset.json").write_text(json.dumps(dataset))
+    broken = subprocess.run([python, "-c", NNUNET_CHECK, str(out)], capture_output=True, text=True, env=env)
+    assert broken.returncode != 0  # so the check above did look at the labels
+
+
 @pytest.mark.slow
 def test_pseudolabel_with_the_reference_labeller_writes_nearest_neighbour_labels(study, tmp_path):
     out = tmp_path / "Dataset502_Blob"
