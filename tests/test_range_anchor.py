@@ -6,7 +6,14 @@ import torch
 from monai.data import MetaTensor
 
 from fewshot_monai.inferers import FewShotSegmenter
-from fewshot_monai.inferers.anchor import OrganPosition, organ_positions, pick_anchor, search_window
+from fewshot_monai.inferers.anchor import (
+    OrganPosition,
+    nearest_component,
+    organ_positions,
+    pick_anchor,
+    search_window,
+    stack_centroid,
+)
 from fewshot_monai.networks import ALPNet
 from fewshot_monai.transforms.slicing import slice_step
 
@@ -21,7 +28,7 @@ def _stack(n_slices, extents):
 
 def test_positions_are_world_mm_and_the_window_follows_the_support_layout():
     support = organ_positions(_stack(40, {1: (20, 29), 2: (10, 13)}), {"liver": 1, "kidney": 2}, step=2.5)
-    assert support["liver"] == OrganPosition(centre=61.25, length=25.0, voxels=10 * 1 * 2)
+    assert support["liver"] == OrganPosition(centre=61.25, length=25.0, voxels=10 * 1 * 2, centroid=(61.25, 0.0, 0.5))
     assert support["kidney"].centre == pytest.approx(28.75) and support["kidney"].length == 10.0
     # query with 5 mm slices: the kidney centre lies 32.5 mm = 6.5 slices below the liver's centre (slice 30)
     assert search_window([support], "kidney", "liver", (26, 34), step=5.0, n_slices=60) == (21, 26)
@@ -104,3 +111,74 @@ def test_an_unknown_anchor_is_refused_before_any_work(net):
     img, lbl = _two_organ_volume(20, big=(2, 10), small=(8, 12))
     with pytest.raises(ValueError, match="range_anchor 'spleen' is not one of the organs"):
         FewShotSegmenter(net, img, lbl, {"liver": 1, "kidney": 2}, spatial_size=64, range_anchor="spleen")
+
+
+def test_positions_carry_the_organ_centroid_in_mm():
+    stack = torch.zeros((10, 1, 8, 8), dtype=torch.long)
+    stack[2:5, 0, 1:3, 4:8] = 1  # slices 2-4, rows 1-2, columns 4-7
+    position = organ_positions(stack, {"kidney": 1}, step=-3.0, pixel_mm=(2.0, 0.5))["kidney"]
+    assert position.centroid == pytest.approx((-9.0, 3.0, 2.75))
+    assert stack_centroid(stack[:, 0] == 2, step=1.0) is None
+
+
+def test_the_nearest_component_wins_over_the_largest_but_never_a_speck():
+    foreground = np.zeros((10, 40, 40), dtype=bool)
+    foreground[2:8, 25:38, 25:38] = True  # the largest piece, far from the target
+    foreground[3:7, 2:8, 2:8] = True  # a smaller piece near it
+    foreground[5, 12, 12] = True  # a speck nearer still
+    target = np.array([5.0, 10.0, 10.0])
+    kept = nearest_component(foreground, target, step=1.0)
+    assert kept[4, 5, 5] and not kept[4, 30, 30] and not kept[5, 12, 12]
+    assert kept.sum() == 4 * 6 * 6
+    # distances are in mm: with rows 10 mm apart, a target at 310 mm (row 31) is nearest the piece of rows 25-37
+    tensor = torch.from_numpy(foreground)
+    far = nearest_component(tensor, np.array([5.0, 310.0, 5.0]), step=1.0, pixel_mm=(10.0, 1.0))
+    assert isinstance(far, torch.Tensor) and bool(far[4, 30, 30]) and not bool(far[4, 5, 5])
+    assert not nearest_component(np.zeros((2, 3, 3), dtype=bool), target, step=1.0).any()
+
+
+def _kidney_and_decoy_volume(decoy: bool, seed: int):
+    """A liver (label 1), a small striped kidney (label 2) on one side, and optionally a larger unlabelled disc of
+    the kidney's texture on the other side, on the same slices (the other kidney, for a prototype)."""
+    rng = np.random.default_rng(seed)
+    shape = (96, 96, 24)
+    xx, yy = np.meshgrid(np.arange(96), np.arange(96), indexing="ij")
+    liver = ((xx - 48) / 26.0) ** 2 + ((yy - 26) / 14.0) ** 2 <= 1
+    kidney = ((xx - 24) / 9.0) ** 2 + ((yy - 72) / 9.0) ** 2 <= 1
+    look_alike = ((xx - 72) / 13.0) ** 2 + ((yy - 72) / 13.0) ** 2 <= 1
+    label = np.zeros(shape, dtype=np.uint8)
+    label[..., 4:20][liver] = 1
+    label[..., 8:16][kidney] = 2
+    image = rng.normal(0.0, 0.2, shape).astype(np.float32) - 0.5
+    image[label == 1] += 2.0
+    stripes = (1.0 + np.sign(np.sin(yy / 1.5)))[..., None] * np.ones(shape[-1])
+    image[label == 2] += stripes[label == 2] + 0.5
+    if decoy:
+        region = np.zeros(shape, dtype=bool)
+        region[..., 8:16][look_alike] = True
+        image[region] += stripes[region] + 0.5
+    affine = np.diag([1.5, 1.5, 5.0, 1.0])
+    return MetaTensor(torch.from_numpy(image)[None], affine=affine), label
+
+
+def test_the_component_anchor_keeps_the_piece_where_the_support_layout_puts_the_organ(net):
+    support_img, support_lbl = _kidney_and_decoy_volume(decoy=False, seed=0)
+    query_img, query_lbl = _kidney_and_decoy_volume(decoy=True, seed=1)
+    organs, ranges = {"liver": 1, "kidney": 2}, {"liver": (4, 19), "kidney": (8, 15)}
+    support_lbl = MetaTensor(torch.from_numpy(support_lbl)[None], affine=support_img.affine)
+    options = {"spatial_size": 96, "range_anchor": "auto"}
+    largest = FewShotSegmenter(net, support_img, support_lbl, organs, **options)(query_img, ranges)
+    anchored = FewShotSegmenter(net, support_img, support_lbl, organs, component_anchor=True, **options)(
+        query_img, ranges
+    )
+    truth = query_lbl == 2
+
+    def dice(mask):
+        return 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+
+    assert dice(largest.organs["kidney"].mask) < 0.2  # the larger look-alike is the largest piece
+    assert dice(anchored.organs["kidney"].mask) > 0.6  # the piece on the support's side is kept
+    assert np.array_equal(anchored.organs["liver"].mask, largest.organs["liver"].mask)  # the anchor is untouched
+    assert anchored.organs["liver"].diagnostics["centroid_mm"] is not None
+    with pytest.raises(ValueError, match="component_anchor needs range_anchor"):
+        FewShotSegmenter(net, support_img, support_lbl, organs, spatial_size=96, component_anchor=True)

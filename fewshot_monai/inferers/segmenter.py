@@ -20,9 +20,10 @@ runs the optional pseudo-labelling stage and maps the probabilities back to the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +31,14 @@ import torch
 from monai.data import MetaTensor
 
 from fewshot_monai.errors import EmptyMaskError
-from fewshot_monai.inferers.anchor import organ_positions, pick_anchor, search_window
+from fewshot_monai.inferers.anchor import (
+    nearest_component,
+    organ_positions,
+    pick_anchor,
+    predicted_centroid,
+    search_window,
+    stack_centroid,
+)
 from fewshot_monai.inferers.protocol import (
     FewShotContext,
     FewShotSliceProtocol,
@@ -53,17 +61,29 @@ logger = logging.getLogger(__name__)
 __all__ = ["FewShotSegmenter", "as_volumes", "OrganSegmentation", "Segmentation", "keep_largest_component", "label_map"]
 
 
-def keep_largest_component(probabilities: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+def keep_largest_component(
+    probabilities: torch.Tensor, threshold: float = 0.5, choose: Callable = largest_component
+) -> torch.Tensor:
     """``(Z, 2, H, W)`` probabilities whose foreground outside the largest 3D connected component of
-    ``p_fg > threshold`` is set to background (p_fg = 0); the input itself when there is nothing to remove."""
+    ``p_fg > threshold`` is set to background (p_fg = 0); the input itself when there is nothing to remove.
+    ``choose`` picks another component instead (a function of the ``(Z, H, W)`` foreground returning the mask to
+    keep, e.g. :func:`~fewshot_monai.inferers.anchor.nearest_component`)."""
     foreground = probabilities[:, 1] > threshold
-    drop = foreground & ~largest_component(foreground)
+    drop = foreground & ~choose(foreground)
     if not bool(drop.any()):
         return probabilities
     kept = probabilities.clone()
     kept[:, 1][drop] = 0.0
     kept[:, 0][drop] = 1.0
     return kept
+
+
+def _pixel_mm(volume, spatial_size: int) -> tuple[float, float]:
+    """mm per pixel of the ``spatial_size``-square slices cut from ``(C, X, Y, Z)`` ``volume`` (rows: X, columns:
+    Y); 1 mm without spacing information."""
+    shape = volume.shape[1:3]
+    spacing = volume.pixdim[:2].tolist() if isinstance(volume, MetaTensor) else (1.0, 1.0)
+    return tuple(float(n) * float(s) / float(spatial_size) for n, s in zip(shape, spacing))
 
 
 def label_map(probabilities: Mapping[int, torch.Tensor]) -> torch.Tensor:
@@ -176,6 +196,10 @@ class FewShotSegmenter:
             first (``"auto"``: the organ with the most support voxels) and search each other organ only near where
             the support's layout puts it relative to the anchor (:mod:`fewshot_monai.inferers.anchor`); None
             (default): every organ is searched in the whole query.
+        component_anchor: with ``range_anchor`` and ``largest_component``, keep for each other organ the 3D
+            component nearest to where the support's layout puts its centroid relative to the anchor's (in mm, in
+            all three directions), instead of the largest one
+            (:func:`~fewshot_monai.inferers.anchor.nearest_component`).
         adaptation: optional :class:`~fewshot_monai.engines.adaptation.SupportAdaptation` (or a dict of its
             fields): fine-tune a copy of the network on the support's own slices, for all organs, before encoding.
         adapt_cache: folder where adapted networks are kept and reused.
@@ -205,6 +229,7 @@ class FewShotSegmenter:
         spatial_prior: float = 0.0,
         min_agreement: float = 0.0,
         range_anchor: str | None = None,
+        component_anchor: bool = False,
         adaptation=None,
         adapt_cache: str | None = None,
         progress: bool = False,
@@ -228,6 +253,9 @@ class FewShotSegmenter:
         self.min_agreement = float(min_agreement)
         if range_anchor is not None and range_anchor != "auto" and range_anchor not in self.organs:
             raise ValueError(f"range_anchor {range_anchor!r} is not one of the organs {list(self.organs)} (or 'auto')")
+        if component_anchor and range_anchor is None:
+            raise ValueError("component_anchor needs range_anchor (an organ name or 'auto')")
+        self.component_anchor = bool(component_anchor)
         images = as_volumes(support_images, "support_images")
         labels = as_volumes(support_labels, "support_labels")
         if len(images) != len(labels):
@@ -249,7 +277,10 @@ class FewShotSegmenter:
         image_stacks = [image_slices(img, self.spatial_size, context) for img in images]
         label_stacks = [volume_to_slices(lb, self.spatial_size, 1, "nearest").round().long() for lb in labels]
         spacings = [slice_spacing(img) for img in images]
-        self.positions = [organ_positions(lb, self.organs, slice_step(im)) for lb, im in zip(label_stacks, images)]
+        self.positions = [
+            organ_positions(lb, self.organs, slice_step(im), _pixel_mm(im, self.spatial_size))
+            for lb, im in zip(label_stacks, images)
+        ]
         self.range_anchor = range_anchor and pick_anchor(self.positions, range_anchor, list(self.organs))
         self.plane = plane_of(images[0]) if isinstance(images[0], MetaTensor) else None
         self.supports: dict[str, PreparedSupport] = {}
@@ -318,7 +349,7 @@ class FewShotSegmenter:
         stack = image_slices(query, self.spatial_size, getattr(self.network, "slice_context", 0))
         features = self.protocol.encode(self.network, stack)
         encode_seconds = time.perf_counter() - start
-        spacing, step = slice_spacing(query), slice_step(query)
+        spacing, step, pixel_mm = slice_spacing(query), slice_step(query), _pixel_mm(query, self.spatial_size)
         anchor = self.range_anchor if self.range_anchor in names and len(names) > 1 else None
         order = names if anchor is None else [anchor] + [o for o in names if o != anchor]
         results = {}
@@ -328,6 +359,12 @@ class FewShotSegmenter:
             window = None
             if given is None and anchor is not None and organ != anchor and results[anchor].z_range is not None:
                 window = search_window(self.positions, organ, anchor, results[anchor].z_range, step, len(stack))
+            choose = largest_component
+            if self.component_anchor and anchor is not None and organ != anchor:
+                found = results[anchor].diagnostics.get("centroid_mm")
+                target = predicted_centroid(self.positions, organ, anchor, found)
+                if target is not None:
+                    choose = functools.partial(nearest_component, target=target, step=step, pixel_mm=pixel_mm)
             context = self.protocol(
                 self.network,
                 stack,
@@ -337,31 +374,37 @@ class FewShotSegmenter:
                 slice_spacing=spacing,
                 search_window=window,
             )
-            results[organ] = self._finish(context, query, time.perf_counter() - t0)
+            results[organ] = self._finish(context, query, time.perf_counter() - t0, choose, (step, pixel_mm))
         results = {o: results[o] for o in names}
         return Segmentation(results, {o: self.organs[o] for o in names}, time.perf_counter() - start, encode_seconds)
 
-    def _finish(self, context: FewShotContext, query: torch.Tensor, seconds: float) -> OrganSegmentation:
-        """Largest component, the pseudo-labelling stage, and the way back to the query's geometry."""
+    def _finish(
+        self, context: FewShotContext, query: torch.Tensor, seconds: float, choose: Callable, scale: tuple
+    ) -> OrganSegmentation:
+        """Largest (or ``choose``'s) component, the pseudo-labelling stage, and the way back to the query's
+        geometry; the diagnostics get the final prediction's ``centroid_mm`` (``scale``: the stack's signed mm per
+        slice and mm per pixel, :func:`~fewshot_monai.inferers.anchor.stack_centroid`)."""
         t0 = time.perf_counter()
         if self.largest_component:
-            context.probabilities = keep_largest_component(context.probabilities)
+            context.probabilities = keep_largest_component(context.probabilities, choose=choose)
         plain = torch.as_tensor(slices_to_volume(context.probabilities, query, mode="bilinear"))[1]
-        final, report, slices = plain, None, []
+        final, report, slices, final_stack = plain, None, [], context.probabilities
         if self.pseudo_label is not None:
             refined = self.pseudo_label(self.network, self.protocol, context)
             if self.largest_component:
-                refined = keep_largest_component(refined)
+                refined = keep_largest_component(refined, choose=choose)
             report = dict(context.diagnostics.get("pseudo_label", {}))
             report.update(self._agreement(context.probabilities, refined))
             slices = context.diagnostics.get("pseudo_slices", [])
             if report["accepted"]:
                 final = torch.as_tensor(slices_to_volume(refined, query, mode="bilinear"))[1]
+                final_stack = refined
         diagnostics = {
             k: context.diagnostics[k]
             for k in ("estimated_z_range", "prior_length_slices", "search_window")
             if k in context.diagnostics
         }
+        diagnostics["centroid_mm"] = stack_centroid(final_stack[:, 1] > 0.5, *scale)
         return OrganSegmentation(
             probability=final,
             plain_probability=plain,
