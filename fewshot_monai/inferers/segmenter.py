@@ -374,16 +374,23 @@ class FewShotSegmenter:
                 slice_spacing=spacing,
                 search_window=window,
             )
-            results[organ] = self._finish(context, query, time.perf_counter() - t0, choose, (step, pixel_mm))
+            centroid_scale = (step, pixel_mm) if self.component_anchor and organ == anchor else None
+            results[organ] = self._finish(context, query, time.perf_counter() - t0, choose, centroid_scale)
         results = {o: results[o] for o in names}
         return Segmentation(results, {o: self.organs[o] for o in names}, time.perf_counter() - start, encode_seconds)
 
     def _finish(
-        self, context: FewShotContext, query: torch.Tensor, seconds: float, choose: Callable, scale: tuple
+        self,
+        context: FewShotContext,
+        query: torch.Tensor,
+        seconds: float,
+        choose: Callable,
+        centroid_scale: tuple | None = None,
     ) -> OrganSegmentation:
         """Largest (or ``choose``'s) component, the pseudo-labelling stage, and the way back to the query's
-        geometry; the diagnostics get the final prediction's ``centroid_mm`` (``scale``: the stack's signed mm per
-        slice and mm per pixel, :func:`~fewshot_monai.inferers.anchor.stack_centroid`)."""
+        geometry. With ``centroid_scale`` (the stack's signed mm per slice and mm per pixel; only the anchor of a
+        component anchor needs it) the diagnostics get the final prediction's ``centroid_mm``
+        (:func:`~fewshot_monai.inferers.anchor.stack_centroid`)."""
         t0 = time.perf_counter()
         if self.largest_component:
             context.probabilities = keep_largest_component(context.probabilities, choose=choose)
@@ -404,7 +411,8 @@ class FewShotSegmenter:
             for k in ("estimated_z_range", "prior_length_slices", "search_window")
             if k in context.diagnostics
         }
-        diagnostics["centroid_mm"] = stack_centroid(final_stack[:, 1] > 0.5, *scale)
+        if centroid_scale is not None:
+            diagnostics["centroid_mm"] = stack_centroid(final_stack[:, 1] > 0.5, *centroid_scale)
         return OrganSegmentation(
             probability=final,
             plain_probability=plain,
