@@ -16,13 +16,18 @@ dataset="$1"; shift
 protocols=("$@"); [ ${#protocols[@]} -eq 0 ] && protocols=(ep1 ep2)
 # the options chosen on fold 0 of each data set (docs/accuracy.md); the pseudo-labelling guard: SABS fold 0 +2.5, CHAOS fold 0 neutral
 CHOSEN=(--pseudo-label window --adapt-iterations "${ADAPT_ITERATIONS:-300}" --inferer-option min_agreement=0.5)
+# session 10, chosen on fold 0 per data set (docs/accuracy.md "Session 10"): both add an ensemble of two support
+# adaptations; CHAOS the atlas prior (the support label registered affinely onto each query tempers the
+# foreground), SABS `keep_volume` (pseudo-labelling may move an organ but not grow it)
+declare -A CHOSEN_FOR=([chaos]="--adapt-ensemble 2 --inferer-option atlas_prior=1"
+                       [sabs]="--adapt-ensemble 2 --pseudo-label-option keep_volume=true")
 declare -A MODELS=([chaos]=runs/models_chaos_25d [sabs]=runs/models_sabs_lite1)
 # EP2: the network's range, each organ searched near the anchor organ's range (chosen on fold 0 in session 7)
 EP2=(--z-range-from network --inferer-option range_anchor=auto)
 OUT="${OUT:-runs/final}"
 for protocol in "${protocols[@]}"; do
   out="${OUT}_${dataset}_${protocol}"
-  extra=()
+  read -r -a extra <<< "${CHOSEN_FOR[$dataset]}"
   [ "$protocol" = "ep2" ] && extra+=("${EP2[@]}")
   fewshot-monai evaluate --data "$DATA/${FOLDER[$dataset]}" --dataset "$dataset" --protocol "$protocol" \
     --setting 1 --folds 0,1,2,3,4 --shots 1 --model "${MODELS[$dataset]}" "${CHOSEN[@]}" "${extra[@]}" --joint \

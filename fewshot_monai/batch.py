@@ -70,6 +70,8 @@ class SegmentOptions:
             one with a Dice below this (0.5, part of the method chosen in docs/accuracy.md; 0: never).
         adapt_iterations: support adaptation iterations, once per batch (0: none); its network is cached in
             ``adapt_cache`` (default ``<output>/.cache``).
+        adapt_ensemble: adapt K copies (adaptation seeds 0 .. K-1) and average their predictions
+            (:class:`~fewshot_monai.inferers.SegmenterEnsemble`; K times the adaptation and the per-case time).
         save_probabilities: also write ``<case>_prob.nii.gz``.
         overlays: write ``<case>_qa.png``.
         series: the DICOM series to read from a folder holding several.
@@ -94,6 +96,7 @@ class SegmentOptions:
     min_agreement: float = 0.5
     adapt_iterations: int = 300
     adapt_cache: str | None = None
+    adapt_ensemble: int = 1
     save_probabilities: bool = False
     overlays: bool = True
     series: str | None = None
@@ -115,6 +118,10 @@ class SegmentOptions:
         from fewshot_monai.transforms.plane import check_plane
 
         self.plane = check_plane(self.plane)
+        if int(self.adapt_ensemble) < 1:
+            raise ValueError(f"adapt_ensemble must be >= 1, got {self.adapt_ensemble}")
+        if int(self.adapt_ensemble) > 1 and not int(self.adapt_iterations):
+            raise ValueError("adapt_ensemble needs the support adaptation (adapt_iterations > 0)")
 
     def recorded(self) -> dict:
         """The options that change a case's outputs (part of its fingerprint)."""
@@ -127,6 +134,7 @@ class SegmentOptions:
             "pseudo_label": self.pseudo_label,
             "min_agreement": float(self.min_agreement),
             "adapt_iterations": int(self.adapt_iterations),
+            **({"adapt_ensemble": int(self.adapt_ensemble)} if int(self.adapt_ensemble) > 1 else {}),
             "n_chunks": int(self.n_chunks),
             "spatial_size": int(self.spatial_size),
             "series": self.series,
@@ -479,7 +487,7 @@ def segment_folder(
 
 def _prepare(supports, organs, weights, options: SegmentOptions, output: Path):
     """The segmenter of the batch and the seconds its preparation took (adaptation included)."""
-    from fewshot_monai.inferers import FewShotSegmenter
+    from fewshot_monai.inferers import FewShotSegmenter, SegmenterEnsemble
     from fewshot_monai.pseudolabel import get_pseudo_label
     from fewshot_monai.zoo import load_model
 
@@ -491,22 +499,30 @@ def _prepare(supports, organs, weights, options: SegmentOptions, output: Path):
         return StudentSegmenter.from_checkpoint(options.model), time.perf_counter() - start
     model = load_model(None if weights is None else str(weights), options.modality)
     logger.info("model: %s", model.description)
-    adaptation = {"iterations": int(options.adapt_iterations)} if options.adapt_iterations else None
-    segmenter = FewShotSegmenter(
-        model.network,
-        [s["image"] for s in supports],
-        [s["label"] for s in supports],
-        organs,
-        n_chunks=options.n_chunks,
-        spatial_size=options.spatial_size,
-        pseudo_label=get_pseudo_label(options.pseudo_label),
-        min_agreement=float(options.min_agreement),
-        range_anchor=None if str(options.range_anchor).lower() == "none" else options.range_anchor,
-        adaptation=adaptation,
-        adapt_cache=options.adapt_cache or str(output / ".cache"),
-        progress=options.progress,
-        **options.extra,
-    )
+    adaptations = [None]
+    if options.adapt_iterations:
+        adaptations = [
+            {"iterations": int(options.adapt_iterations), "seed": k} for k in range(int(options.adapt_ensemble))
+        ]
+    members = [
+        FewShotSegmenter(
+            model.network,
+            [s["image"] for s in supports],
+            [s["label"] for s in supports],
+            organs,
+            n_chunks=options.n_chunks,
+            spatial_size=options.spatial_size,
+            pseudo_label=get_pseudo_label(options.pseudo_label),
+            min_agreement=float(options.min_agreement),
+            range_anchor=None if str(options.range_anchor).lower() == "none" else options.range_anchor,
+            adaptation=adaptation,
+            adapt_cache=options.adapt_cache or str(output / ".cache"),
+            progress=options.progress,
+            **options.extra,
+        )
+        for adaptation in adaptations
+    ]
+    segmenter = members[0] if len(members) == 1 else SegmenterEnsemble(members)
     seconds = time.perf_counter() - start
     logger.info("support prepared in %.1f s (paid once per batch)", seconds)
     return segmenter, seconds

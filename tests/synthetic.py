@@ -55,3 +55,27 @@ def photo_input(img: np.ndarray, size: int = 224) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
     t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return EfficientNetLite.normalize_rgb(t)
+
+
+def kidney_and_decoy_volume(decoy: bool, seed: int):
+    """A liver (label 1), a small striped kidney (label 2) on one side, and optionally a larger unlabelled disc of
+    the kidney's texture on the other side, on the same slices (the other kidney, for a prototype)."""
+    rng = np.random.default_rng(seed)
+    shape = (96, 96, 24)
+    xx, yy = np.meshgrid(np.arange(96), np.arange(96), indexing="ij")
+    liver = ((xx - 48) / 26.0) ** 2 + ((yy - 26) / 14.0) ** 2 <= 1
+    kidney = ((xx - 24) / 9.0) ** 2 + ((yy - 72) / 9.0) ** 2 <= 1
+    look_alike = ((xx - 72) / 13.0) ** 2 + ((yy - 72) / 13.0) ** 2 <= 1
+    label = np.zeros(shape, dtype=np.uint8)
+    label[..., 4:20][liver] = 1
+    label[..., 8:16][kidney] = 2
+    image = rng.normal(0.0, 0.2, shape).astype(np.float32) - 0.5
+    image[label == 1] += 2.0
+    stripes = (1.0 + np.sign(np.sin(yy / 1.5)))[..., None] * np.ones(shape[-1])
+    image[label == 2] += stripes[label == 2] + 0.5
+    if decoy:
+        region = np.zeros(shape, dtype=bool)
+        region[..., 8:16][look_alike] = True
+        image[region] += stripes[region] + 0.5
+    affine = np.diag([1.5, 1.5, 5.0, 1.0])
+    return MetaTensor(torch.from_numpy(image)[None], affine=affine), label

@@ -160,3 +160,35 @@ def test_a_support_that_cannot_be_adapted_to_skips_its_fold_and_the_run_goes_on(
     assert {s["fold"] for s in summary["skipped"]} == {0, 1}
     assert all("support preparation failed: support.nii.gz" in s["reason"] for s in summary["skipped"])
     assert (tmp_path / "out" / "summary.json").is_file()
+
+
+def test_an_ensemble_averages_members_adapted_with_different_seeds(support, tmp_path):
+    from fewshot_monai.inferers import FewShotSegmenter, SegmenterEnsemble
+
+    image, label = support
+    query, _ = blob_volume(shape=(64, 64, 20), z=(5, 14), seed=2)
+    net = _network()
+    options = {"spatial_size": SIZE, "largest_component": False, "adapt_cache": str(tmp_path)}
+    members = [
+        FewShotSegmenter(net, image, label, {"blob": 1}, adaptation={"iterations": 3, "seed": k}, **options)
+        for k in (0, 1)
+    ]
+    result = SegmenterEnsemble(members)(query, {"blob": (5, 14)})
+    parts = [m(query, {"blob": (5, 14)}).organs["blob"] for m in members]
+    assert not torch.equal(parts[0].probability, parts[1].probability)  # the seeds make different networks
+    expected = (parts[0].probability + parts[1].probability) / 2
+    assert torch.allclose(torch.as_tensor(result.organs["blob"].probability), torch.as_tensor(expected))
+    assert result.organs["blob"].z_range == (5, 14)
+    assert len(list(tmp_path.glob("*.pt"))) == 2  # each member's adaptation is cached under its own key
+    ensemble = SegmenterEnsemble(members)
+    assert ensemble.preparation["adaptation"]["key"].count(",") == 1
+    with pytest.raises(ValueError, match="at least one segmenter"):
+        SegmenterEnsemble([])
+
+
+def test_the_evaluation_ensemble_needs_the_adaptation(tmp_path):
+    from fewshot_monai.evaluation.runner import run_evaluation
+
+    with pytest.raises(ValueError, match="adapt_ensemble needs the support adaptation"):
+        run_evaluation({"data": str(tmp_path), "dataset": "phantom", "out": str(tmp_path / "o"), "adapt_ensemble": 2})
+    assert not (tmp_path / "o").exists()

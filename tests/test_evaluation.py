@@ -387,12 +387,39 @@ def test_ep2_range_from_registration(phantom_dir, tmp_path):
     assert summary["protocol"]["z_range_from"] == "registration" and summary["dice"]["liver"] > 0.3  # found it
 
 
+@pytest.mark.slow
+def test_the_atlas_prior_registers_the_support_affinely_and_pays_for_it(phantom_dir, tmp_path):
+    from fewshot_monai.evaluation.registration import elastix_available
+    from fewshot_monai.evaluation.runner import run_evaluation
+
+    if not elastix_available():
+        pytest.skip("itk-elastix not installed")
+    out, cache = tmp_path / "atlas", tmp_path / "cache"
+    summary = run_evaluation(
+        _config(phantom_dir, out, protocol="ep1", folds=[0], organs=["liver"], baseline="registration",
+                inferer_options={"atlas_prior": 1.0}, registration_threads=1, registration_cache=str(cache),
+                extra={"registration": {"affine_iterations": 60, "bspline_iterations": 30}})
+    )  # fmt: skip
+    assert summary["protocol"]["atlas_registration"] == "affine"
+    assert summary["protocol"]["inferer_options"] == {"atlas_prior": 1.0}
+    # two registrations per query: the baseline's (affine + B-spline) and the prior's (affine only), both cached
+    assert len(list(cache.glob("*.json"))) == 2 * summary["n_queries"]
+    records = [json.loads(f.read_text())["seconds"] for f in cache.glob("*.json")]
+    assert summary["seconds_per_query"] > min(records) > 0  # our method paid for its registration
+    assert summary["dice"]["liver"] > 0.3
+
+
 def test_inferer_options_reach_the_inferer_and_bad_ones_fail_early(phantom_dir, tmp_path):
     from fewshot_monai.evaluation.runner import run_evaluation
 
     with pytest.raises(ValueError, match="bad inferer option"):
         run_evaluation(_config(phantom_dir, tmp_path / "bad", inferer_options={"no_such_option": 1}))
     assert not (tmp_path / "bad").exists()  # failed before any output was written
+    with pytest.raises(ValueError, match="component_anchor needs range_anchor"):
+        run_evaluation(_config(phantom_dir, tmp_path / "bad", inferer_options={"component_anchor": True}))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="unknown atlas_registration 'rigid'"):
+        run_evaluation(_config(phantom_dir, tmp_path / "bad", atlas_registration="rigid"))
     summary = run_evaluation(
         _config(phantom_dir, tmp_path / "ok", protocol="ep2", folds=[0], organs=["liver"],
                 inferer_options={"peak_fraction": None, "prior_weight": 0.0, "largest_component": False})

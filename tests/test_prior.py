@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 
-from fewshot_monai.inferers.prior import apply_prior, body_box, position_map, query_prior
+from fewshot_monai.inferers import FewShotSegmenter
+from fewshot_monai.inferers.prior import apply_prior, atlas_prior, body_box, position_map, query_prior
+from fewshot_monai.networks import ALPNet
+
+from .synthetic import kidney_and_decoy_volume
 
 
 def _stack(z, size, body, organ=None):
@@ -74,3 +80,44 @@ def test_the_inferer_applies_the_prior_in_both_protocols(z_range):
     p1 = torch.as_tensor(with_prior(image[None], net, **kwargs))
     assert p1.shape == p0.shape and not torch.equal(p0, p1)
     assert float(p1[:, 1].sum()) <= float(p0[:, 1].sum()) + 1e-3  # the prior only ever lowers the foreground
+
+
+def test_the_atlas_prior_is_one_near_the_registered_organ_and_falls_off_beyond():
+    mask = np.zeros((1, 1, 100), dtype=bool)
+    mask[0, 0, 10:20] = True
+    prior = atlas_prior(mask, spacing=(1.0, 1.0, 2.0), tolerance_mm=10.0, sigma_mm=10.0)
+    assert prior.shape == mask.shape and prior.dtype == np.float32
+    assert np.all(prior[0, 0, 10:25] == 1.0)  # inside, and within 10 mm (5 voxels of 2 mm)
+    assert prior[0, 0, 29] == pytest.approx(np.exp(-0.5), rel=1e-5)  # 20 mm away: one sigma beyond the tolerance
+    assert prior[0, 0, 99] < 1e-6  # 160 mm away
+    assert prior[0, 0, 0] == pytest.approx(prior[0, 0, 29])  # the same on the other side: 20 mm either way
+    assert atlas_prior(np.zeros((4, 4, 4), dtype=bool), (1.0, 1.0, 1.0)) is None  # a lost organ: no prior
+    with pytest.raises(ValueError, match="atlas mask must be 3D"):
+        atlas_prior(np.ones((4, 4), dtype=bool), (1.0, 1.0))
+
+
+def test_the_atlas_prior_moves_an_organ_off_a_larger_look_alike():
+    torch.manual_seed(0)
+    net = ALPNet(pretrained=True).eval()
+    support_img, support_lbl = kidney_and_decoy_volume(decoy=False, seed=0)
+    query_img, query_lbl = kidney_and_decoy_volume(decoy=True, seed=1)
+    support_lbl = MetaTensor(torch.from_numpy(support_lbl)[None], affine=support_img.affine)
+    organs, ranges = {"liver": 1, "kidney": 2}, {"liver": (4, 19), "kidney": (8, 15)}
+    truth = query_lbl == 2
+    # an imperfect registration: the true kidney shifted by 6 voxels (9 mm) in plane and one slice
+    registered = {"kidney": np.roll(truth, (6, -4, 1), axis=(0, 1, 2))}
+
+    def dice(mask):
+        return 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+
+    plain = FewShotSegmenter(net, support_img, support_lbl, organs, spatial_size=96)
+    with_prior = FewShotSegmenter(net, support_img, support_lbl, organs, spatial_size=96, atlas_prior=1.0)
+    assert dice(plain(query_img, ranges).organs["kidney"].mask) < 0.2  # the larger look-alike wins
+    assert dice(with_prior(query_img, ranges, atlas=registered).organs["kidney"].mask) > 0.6
+    # without a weight an atlas changes nothing; an organ without an atlas is untouched
+    same = plain(query_img, ranges, atlas=registered)
+    assert torch.equal(same.organs["kidney"].probability, plain(query_img, ranges).organs["kidney"].probability)
+    liver = with_prior(query_img, ranges, atlas=registered).organs["liver"].probability
+    assert torch.equal(liver, with_prior(query_img, ranges).organs["liver"].probability)
+    with pytest.raises(ValueError, match="must have the query's shape"):
+        with_prior(query_img, ranges, atlas={"kidney": truth[:-1]})

@@ -339,3 +339,21 @@ def test_reference_guided_stage_on_a_phantom_liver(phantom_case):
     d_plain, d_reference = dice_score(organ.plain_mask, truth[0]), dice_score(organ.mask, truth[0])
     assert d_reference > d_plain - 0.02, (d_plain, d_reference)
     print(f"phantom liver Dice: plain {d_plain:.3f}, reference-guided {d_reference:.3f}")
+
+
+def test_keep_volume_shifts_the_threshold_so_the_stage_cannot_grow_the_organ():
+    from fewshot_monai.pseudolabel.stage import keep_foreground_volume
+
+    fg = torch.linspace(0.05, 0.95, 100).reshape(1, 1, 10, 10)
+    probabilities = torch.cat([1 - fg, fg], dim=1)
+    kept, shift = keep_foreground_volume(probabilities, 20)
+    assert int((kept[:, 1] > 0.5).sum()) == 20 and shift > 0
+    assert torch.equal(kept[:, 1].flatten().argsort(), fg.flatten().argsort())  # the ranking is kept
+    assert torch.allclose(kept.sum(dim=1), torch.ones(1, 10, 10))
+    assert bool((kept[:, 1] > 0.5).flatten()[-20:].all())  # the 20 most probable voxels stay foreground
+    same, none = keep_foreground_volume(probabilities, 60)  # 50 voxels above 0.5: nothing to trim
+    assert same is probabilities and none == 0.0
+    empty, _ = keep_foreground_volume(probabilities, 0)
+    assert not bool((empty[:, 1] > 0.5).any())
+    stage = get_pseudo_label("window", keep_volume=True)
+    assert stage.options()["keep_volume"] is True and "keep_volume=True" in repr(stage)

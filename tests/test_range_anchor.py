@@ -17,6 +17,8 @@ from fewshot_monai.inferers.anchor import (
 from fewshot_monai.networks import ALPNet
 from fewshot_monai.transforms.slicing import slice_step
 
+from .synthetic import kidney_and_decoy_volume
+
 
 def _stack(n_slices, extents):
     """(Z, 1, 4, 4) label stack with organ id k on slices extents[k] (inclusive)."""
@@ -137,33 +139,9 @@ def test_the_nearest_component_wins_over_the_largest_but_never_a_speck():
     assert not nearest_component(np.zeros((2, 3, 3), dtype=bool), target, step=1.0).any()
 
 
-def _kidney_and_decoy_volume(decoy: bool, seed: int):
-    """A liver (label 1), a small striped kidney (label 2) on one side, and optionally a larger unlabelled disc of
-    the kidney's texture on the other side, on the same slices (the other kidney, for a prototype)."""
-    rng = np.random.default_rng(seed)
-    shape = (96, 96, 24)
-    xx, yy = np.meshgrid(np.arange(96), np.arange(96), indexing="ij")
-    liver = ((xx - 48) / 26.0) ** 2 + ((yy - 26) / 14.0) ** 2 <= 1
-    kidney = ((xx - 24) / 9.0) ** 2 + ((yy - 72) / 9.0) ** 2 <= 1
-    look_alike = ((xx - 72) / 13.0) ** 2 + ((yy - 72) / 13.0) ** 2 <= 1
-    label = np.zeros(shape, dtype=np.uint8)
-    label[..., 4:20][liver] = 1
-    label[..., 8:16][kidney] = 2
-    image = rng.normal(0.0, 0.2, shape).astype(np.float32) - 0.5
-    image[label == 1] += 2.0
-    stripes = (1.0 + np.sign(np.sin(yy / 1.5)))[..., None] * np.ones(shape[-1])
-    image[label == 2] += stripes[label == 2] + 0.5
-    if decoy:
-        region = np.zeros(shape, dtype=bool)
-        region[..., 8:16][look_alike] = True
-        image[region] += stripes[region] + 0.5
-    affine = np.diag([1.5, 1.5, 5.0, 1.0])
-    return MetaTensor(torch.from_numpy(image)[None], affine=affine), label
-
-
 def test_the_component_anchor_keeps_the_piece_where_the_support_layout_puts_the_organ(net):
-    support_img, support_lbl = _kidney_and_decoy_volume(decoy=False, seed=0)
-    query_img, query_lbl = _kidney_and_decoy_volume(decoy=True, seed=1)
+    support_img, support_lbl = kidney_and_decoy_volume(decoy=False, seed=0)
+    query_img, query_lbl = kidney_and_decoy_volume(decoy=True, seed=1)
     organs, ranges = {"liver": 1, "kidney": 2}, {"liver": (4, 19), "kidney": (8, 15)}
     support_lbl = MetaTensor(torch.from_numpy(support_lbl)[None], affine=support_img.affine)
     options = {"spatial_size": 96, "range_anchor": "auto"}

@@ -122,7 +122,30 @@ def test_bad_inputs_stop_before_any_work_with_one_line(study, tmp_path, caplog):
     anchor = ["--range-anchor", "spleen", "--intensity", "preprocessed", "--adapt-iterations", "0", "--no-progress"]
     assert main(["segment", *study["support"], "--input", str(study["inputs"]), "--output", str(out), *anchor]) == 2
     assert "range_anchor 'spleen' is not one of the organs" in caplog.text and "Traceback" not in caplog.text
+    caplog.clear()
+    assert main(["segment", *study["support"], "--input", str(study["inputs"]), "--output", str(out), *FAST,
+                 "--adapt-ensemble", "2"]) == 2  # fmt: skip
+    assert "adapt_ensemble needs the support adaptation" in caplog.text and "Traceback" not in caplog.text
     assert not out.exists() or not list(out.glob("*_seg.nii.gz"))
+
+
+def test_an_adaptation_ensemble_segments_a_batch_and_is_part_of_the_fingerprint(study, tmp_path):
+    out = tmp_path / "out"
+    fast = [*FAST[:-3], "--adapt-iterations", "2", "--no-progress", "--no-overlay"]
+    args = ["segment", *study["support"], "--input", str(study["inputs"]), "--output", str(out), *fast]
+    assert main([*args, "--adapt-ensemble", "2"]) == 1  # the corrupt file fails, the rest is done
+    rows = _rows(out)
+    assert rows["nifti_case"]["status"] == "done" and rows["broken"]["status"] == "failed"
+    truth = load_volume(study["truths"] / "nifti_case_label.nii.gz", is_label=True)[0].numpy() > 0
+    seg = load_volume(out / "nifti_case_seg.nii.gz", is_label=True)[0].numpy() > 0
+    assert dice_score(seg, truth) > 0.5
+    assert len(list((out / ".cache").glob("*.pt"))) == 2  # two adaptations, seeds 0 and 1
+    from fewshot_monai.batch import SegmentOptions
+
+    # the ensemble is part of a case's fingerprint (a re-run with another K redoes the case); K = 1 leaves the
+    # fingerprints of earlier batches as they were
+    assert SegmentOptions(adapt_ensemble=2).recorded()["adapt_ensemble"] == 2
+    assert "adapt_ensemble" not in SegmentOptions().recorded()
 
 
 def test_a_dicom_folder_with_two_series_is_refused_unless_one_is_chosen(study, tmp_path):

@@ -79,6 +79,13 @@ def add_parser(subparsers) -> None:
         help="support adaptation option, e.g. lr=5e-4, max_offset=0.2, bg_weight=0.05 (repeatable; YAML values)",
     )
     parser.add_argument("--adapt-cache", default=None, help="folder to keep adapted networks in and reuse them")
+    parser.add_argument(
+        "--adapt-ensemble",
+        type=int,
+        default=1,
+        metavar="K",
+        help="adapt K copies of each fold's network (adaptation seeds seed..seed+K-1) and average their predictions",
+    )
     parser.add_argument("--baseline", choices=("none", "registration"), default="none")
     parser.add_argument(
         "--z-range-from",
@@ -96,6 +103,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--spatial-size", type=int, default=256)
     parser.add_argument("--n-chunks", type=int, default=3, help="chunks per organ extent (3 in SSL-ALPNet)")
     parser.add_argument("--registration-threads", type=int, default=2)
+    parser.add_argument(
+        "--atlas-registration",
+        choices=("affine", "bspline"),
+        default="affine",
+        help="with --inferer-option atlas_prior=W (the support label registered onto each query as a prior): affine "
+        "only (default, fast) or the baseline's affine + B-spline",
+    )
     parser.add_argument(
         "--registration-cache",
         default=None,
@@ -141,7 +155,9 @@ def config_from_args(args: argparse.Namespace):
         inferer_options=_options(args.inferer_options, "--inferer-option"),
         adapt=_adaptation(args),
         adapt_cache=args.adapt_cache,
+        adapt_ensemble=args.adapt_ensemble,
         registration_threads=args.registration_threads,
+        atlas_registration=args.atlas_registration,
         registration_cache=args.registration_cache,
         joint=args.joint,
         save_predictions=args.save_predictions,

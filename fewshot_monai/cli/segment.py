@@ -70,6 +70,13 @@ def add_batch_arguments(parser: argparse.ArgumentParser, support_required: bool 
     )
     parser.add_argument("--adapt-cache", default=None, help="where adapted networks are kept (default <output>/.cache)")
     parser.add_argument(
+        "--adapt-ensemble",
+        type=int,
+        default=1,
+        metavar="K",
+        help="adapt K copies of the network (seeds 0..K-1) and average their predictions (K times the time)",
+    )
+    parser.add_argument(
         "--range-anchor",
         default="auto",
         help="search each organ near where the support puts it relative to this organ's range: auto (default: the "
@@ -93,6 +100,7 @@ def batch_options(args: argparse.Namespace):
         min_agreement=args.min_agreement,
         adapt_iterations=args.adapt_iterations,
         adapt_cache=args.adapt_cache,
+        adapt_ensemble=args.adapt_ensemble,
         save_probabilities=getattr(args, "save_probabilities", False),
         overlays=not getattr(args, "no_overlay", True),
         series=args.series,
@@ -113,4 +121,9 @@ def run(args: argparse.Namespace) -> int:
         logger.error("nothing segmented: give --support-image and --support-label (or a self-trained --model)")
         return 2
     supports = ([], []) if args.model else (args.support_image, args.support_label)
-    return run_segmentation(args.input, args.output, *supports, batch_options(args))
+    try:
+        options = batch_options(args)
+    except ValueError as err:
+        logger.error("nothing segmented: %s", err)
+        return 2
+    return run_segmentation(args.input, args.output, *supports, options)

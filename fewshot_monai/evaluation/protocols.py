@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fewshot_monai.transforms.labels import organ_z_extent
@@ -69,6 +70,7 @@ def segment_query(
     query_image: torch.Tensor,
     query_masks: Mapping[str, Callable[[], torch.Tensor]],
     z_range_hints: Mapping[str, tuple[int, int] | None] | None = None,
+    atlas: Mapping[str, np.ndarray | None] | None = None,
 ):
     """Segment the organs of one query volume under ``protocol``: the only place where a method sees the query.
 
@@ -80,6 +82,8 @@ def segment_query(
             organ's z-range); EP2 never calls them. Its keys are the organs segmented.
         z_range_hints: EP2 only: organ ranges found by other means that do not read the query label (e.g. the
             extent of a registered support label), used instead of the network's own estimate.
+        atlas: organ -> the support organ registered onto the query, for the segmenter's atlas prior (any
+            protocol: it is made from the support label and the query image, never from the query label).
 
     Returns:
         the :class:`~fewshot_monai.inferers.Segmentation` (per organ: probabilities, plain and final, the z-range
@@ -89,4 +93,4 @@ def segment_query(
         z_ranges = {organ: organ_z_extent(mask()) for organ, mask in query_masks.items()}
     else:
         z_ranges = {o: r for o, r in (z_range_hints or {}).items() if r is not None and o in query_masks}
-    return segmenter(query_image, z_ranges, organs=list(query_masks))
+    return segmenter(query_image, z_ranges, organs=list(query_masks), atlas=atlas)

@@ -56,6 +56,7 @@ PLAIN_METHOD_NAME = "fewshot_plain"
 JOINT_METHOD_NAME = "fewshot_joint"
 BASELINES = ("none", "registration")
 Z_RANGE_SOURCES = ("network", "registration")
+ATLAS_REGISTRATIONS = ("affine", "bspline")
 DATASETS = ("chaos", "sabs", "generic", "phantom")
 
 
@@ -97,7 +98,13 @@ class EvaluationConfig:
             fine-tuned once on its support scan(s), for all evaluated organs together, and then segments every
             query of the fold; the one-off seconds are reported per support.
         adapt_cache: folder where adapted networks are kept and reused across runs (EP1 and EP2 share them).
+        adapt_ensemble: adapt K copies of the fold's network, with the adaptation seeds ``seed .. seed + K - 1``,
+            and average their predictions (:class:`~fewshot_monai.inferers.SegmenterEnsemble`); 1 (default): one.
         registration_threads: elastix threads per registration.
+        atlas_registration: with the atlas prior (``inferer_options={"atlas_prior": w}``: the support label
+            registered onto every query tempers our method's foreground, :mod:`fewshot_monai.inferers.prior`), how
+            it is registered: ``affine`` (default; several times faster than the baseline's) or ``bspline`` (the
+            baseline's affine then B-spline registration, shared with it). Its time is added to our method's.
         registration_cache: folder where warped support labels are kept and reused across runs (e.g. the EP2
             run after EP1 registers nothing again); None: registered afresh in every run.
         joint: also score the organs merged into one label map (``fewshot_joint``: every voxel goes to its most
@@ -138,7 +145,9 @@ class EvaluationConfig:
     inferer_options: dict = field(default_factory=dict)
     adapt: dict | None = None
     adapt_cache: str | None = None
+    adapt_ensemble: int = 1
     registration_threads: int = 2
+    atlas_registration: str = "affine"
     registration_cache: str | None = None
     joint: bool = False
     save_predictions: bool = False
@@ -170,6 +179,14 @@ def _coerce(config) -> EvaluationConfig:
         raise ValueError(f"unknown z_range_from {cfg.z_range_from!r}; valid: {', '.join(Z_RANGE_SOURCES)}")
     if cfg.z_range_from != "network" and str(cfg.protocol).lower() != "ep2":
         raise ValueError("z_range_from applies to EP2 only (EP1 takes the range from the query label)")
+    cfg.atlas_registration = str(cfg.atlas_registration or "affine").lower()
+    if cfg.atlas_registration not in ATLAS_REGISTRATIONS:
+        valid = ", ".join(ATLAS_REGISTRATIONS)
+        raise ValueError(f"unknown atlas_registration {cfg.atlas_registration!r}; valid: {valid}")
+    if int(cfg.adapt_ensemble) < 1:
+        raise ValueError(f"adapt_ensemble must be >= 1, got {cfg.adapt_ensemble}")
+    if int(cfg.adapt_ensemble) > 1 and not (cfg.adapt or {}).get("iterations"):
+        raise ValueError("adapt_ensemble needs the support adaptation (adapt iterations > 0)")
     if int(cfg.setting) not in (1, 2):
         raise ValueError(f"setting must be 1 or 2, got {cfg.setting}")
     if cfg.limit_queries is not None and int(cfg.limit_queries) < 1:
@@ -188,6 +205,8 @@ def _check_inferer_options(options: Mapping) -> None:
     unknown = sorted(set(options) - valid)
     if unknown:
         raise ValueError(f"bad inferer option(s) {unknown}; valid: {', '.join(sorted(valid))}")
+    if options.get("component_anchor") and options.get("range_anchor") is None:
+        raise ValueError("component_anchor needs range_anchor (an organ name or 'auto')")
 
 
 def _organ_mask(label, label_id: int):
@@ -262,7 +281,8 @@ class _EvaluationRun:
         self.protocol = get_protocol(cfg.protocol)
         self.pseudo_label = get_pseudo_label(cfg.pseudo_label, **dict(cfg.pseudo_label_options or {}))
         self.worker = None
-        if cfg.baseline == "registration" or cfg.z_range_from == "registration":
+        self.atlas_prior = float(cfg.inferer_options.get("atlas_prior") or 0.0) > 0
+        if cfg.baseline == "registration" or cfg.z_range_from == "registration" or self.atlas_prior:
             from fewshot_monai.evaluation.registration import RegistrationWorker, require_elastix
 
             require_elastix()
@@ -356,24 +376,32 @@ class _EvaluationRun:
                 self.skip("all", fold.index, "*", organ, f"organ missing in support scan(s) {empty}")
                 continue
             support_masks[organ] = masks
-        from fewshot_monai.inferers import FewShotSegmenter
+        from fewshot_monai.inferers import FewShotSegmenter, SegmenterEnsemble
 
         cfg = self.cfg
+        adaptations = [self.adaptation]
+        if self.adaptation is not None and int(cfg.adapt_ensemble) > 1:
+            seed = self.adaptation.seed
+            adaptations = [dataclasses.replace(self.adaptation, seed=seed + k) for k in range(int(cfg.adapt_ensemble))]
         try:
-            segmenter = FewShotSegmenter(
-                model.network,
-                [s["image"] for s in supports],
-                [s["label"] for s in supports],
-                {o: self.data.label_map[o] for o in support_masks},
-                n_chunks=cfg.n_chunks,
-                spatial_size=cfg.spatial_size,
-                batch_size=cfg.batch_size,
-                pseudo_label=self.pseudo_label,
-                adaptation=self.adaptation if support_masks else None,
-                adapt_cache=cfg.adapt_cache,
-                progress=cfg.progress,
-                **cfg.inferer_options,
-            )
+            members = [
+                FewShotSegmenter(
+                    model.network,
+                    [s["image"] for s in supports],
+                    [s["label"] for s in supports],
+                    {o: self.data.label_map[o] for o in support_masks},
+                    n_chunks=cfg.n_chunks,
+                    spatial_size=cfg.spatial_size,
+                    batch_size=cfg.batch_size,
+                    pseudo_label=self.pseudo_label,
+                    adaptation=adaptation if support_masks else None,
+                    adapt_cache=cfg.adapt_cache,
+                    progress=cfg.progress,
+                    **cfg.inferer_options,
+                )
+                for adaptation in adaptations
+            ]
+            segmenter = members[0] if len(members) == 1 else SegmenterEnsemble(members)
         except InputError as err:  # e.g. no support slice shows the organs large enough to adapt to
             for scan in fold.query_ids:
                 self.skip("all", fold.index, scan, None, f"support preparation failed: {err}")
@@ -423,7 +451,8 @@ class _EvaluationRun:
             return
         spacing = spacing_from_affine(query["image"].affine)
         predictions: dict[str, dict[str, np.ndarray]] = {m: {} for m in self.methods}
-        atlas = self.register(fold, scan, query, truths) if self.worker is not None else None
+        baseline = self.cfg.baseline == "registration" or self.cfg.z_range_from == "registration"
+        atlas = self.register(fold, scan, query, truths) if baseline else None
         hints, before = {}, 0.0
         if self.cfg.z_range_from == "registration":
             if atlas is None:
@@ -435,6 +464,17 @@ class _EvaluationRun:
             # an organ the warped support label lost gets no hint: the network estimates its range itself
             hints = {organ: _extent(fuse_organ(atlas, self.data.label_map[organ])) for organ in truths}
             before = atlas.seconds
+        atlas_masks = None
+        if self.atlas_prior:
+            from fewshot_monai.evaluation.registration import fuse_organ
+
+            shared = atlas is not None and self.cfg.atlas_registration == "bspline"
+            warped = atlas if shared else self.register(fold, scan, query, truths, self.cfg.atlas_registration)
+            # a failed registration leaves the query without a prior (logged as a registration skip)
+            if warped is not None:
+                atlas_masks = {organ: fuse_organ(warped, self.data.label_map[organ]) for organ in truths}
+                if not (shared and self.cfg.z_range_from == "registration"):  # not counted twice
+                    before += warped.seconds
         try:
             result = segment_query(
                 self.protocol,
@@ -442,6 +482,7 @@ class _EvaluationRun:
                 query["image"],
                 {organ: (lambda truth=truth: truth) for organ, truth in truths.items()},  # called by EP1 only
                 z_range_hints=hints,
+                atlas=atlas_masks,
             )
         except InputError as err:
             for organ in truths:
@@ -514,11 +555,15 @@ class _EvaluationRun:
             )
             predictions[JOINT_METHOD_NAME][organ] = pred
 
-    def register(self, fold: Fold, scan: str, query, truths):
-        """The fold's support labels registered onto the query (None when it failed, logged per organ)."""
+    def register(self, fold: Fold, scan: str, query, truths, transform: str = "bspline"):
+        """The fold's support labels registered onto the query (None when it failed, logged per organ):
+        ``bspline``, the baseline's affine then B-spline registration, or ``affine`` only."""
         from fewshot_monai.evaluation.registration import register_atlases
 
         items = self.data.items
+        options = dict(self.cfg.extra.get("registration", {}))
+        if transform == "affine":
+            options["bspline_iterations"] = 0
         try:
             atlas = register_atlases(
                 items[scan]["image"],
@@ -527,7 +572,7 @@ class _EvaluationRun:
                 reference=query["image"],
                 worker=self.worker,
                 cache_dir=self.cfg.registration_cache,
-                **self.cfg.extra.get("registration", {}),
+                **options,
             )
         except InputError as err:
             for organ in truths:
@@ -568,6 +613,7 @@ class _EvaluationRun:
             "pseudo_label": cfg.pseudo_label,
             "baseline": cfg.baseline,
             "z_range_from": cfg.z_range_from,
+            "atlas_registration": cfg.atlas_registration if self.atlas_prior else None,
             "organs": self.organs,
             "label_map": {o: data.label_map[o] for o in self.organs},
             "images": cfg.images,
@@ -578,6 +624,7 @@ class _EvaluationRun:
             "spatial_size": cfg.spatial_size,
             "inferer_options": dict(cfg.inferer_options),
             "adapt": None if self.adaptation is None else self.adaptation.to_dict(),
+            "adapt_ensemble": int(cfg.adapt_ensemble),
             "model_arg": cfg.model,
             "model": descriptions[0] if len(descriptions) == 1 else "; ".join(descriptions),
             "model_per_fold": {str(k): v for k, v in self.model_descriptions.items()},

@@ -1,3 +1,4 @@
+from .ensemble import SegmenterEnsemble
 from .fewshot_inferer import FewShotVolumeInferer
 from .protocol import (
     FewShotContext,
@@ -13,6 +14,7 @@ from .student import StudentSegmenter, organ_probabilities, student_probabilitie
 __all__ = [
     "FewShotVolumeInferer",
     "FewShotSegmenter",
+    "SegmenterEnsemble",
     "StudentSegmenter",
     "organ_probabilities",
     "student_probabilities",

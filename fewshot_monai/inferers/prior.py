@@ -15,6 +15,11 @@ columns of the slice stacks, whatever their slicing plane: support and query mus
 3. :func:`query_prior` -- the map placed into the query's body box: ``(H, W)`` values in [0, 1];
 4. :func:`apply_prior` -- the foreground probability tempered by the prior, ``p q^w / (p q^w + 1 - p)``: it only
    ever lowers the foreground where the support organ never was, and leaves it unchanged where ``q = 1``.
+
+:func:`atlas_prior` makes the same kind of prior in 3D from the support label registered onto the query (the
+registration baseline's warped atlas, :mod:`fewshot_monai.evaluation.registration`): 1 within a tolerance of the
+warped organ, falling off as a Gaussian of the distance beyond it. It answers the errors the in-plane map cannot:
+a prediction that lands on a look-alike structure several centimetres away from where the registered organ lies.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-__all__ = ["body_box", "position_map", "query_prior", "apply_prior"]
+__all__ = ["body_box", "position_map", "query_prior", "apply_prior", "atlas_prior"]
 
 
 def body_box(stack: torch.Tensor, fraction: float = 0.2) -> tuple[int, int, int, int]:
@@ -103,3 +108,20 @@ def apply_prior(probabilities: torch.Tensor, prior: torch.Tensor, weight: float)
     tempered = fg * prior.clamp(min=1e-6) ** float(weight)
     fg_new = tempered / (tempered + (1.0 - fg)).clamp(min=1e-12)
     return torch.stack([1.0 - fg_new, fg_new], dim=1)
+
+
+def atlas_prior(
+    mask: np.ndarray, spacing: Sequence[float], tolerance_mm: float = 15.0, sigma_mm: float = 15.0
+) -> np.ndarray | None:
+    """Prior in [0, 1] of the same shape as a 3D registered organ mask (e.g. a ``(Z, H, W)`` slice stack): 1 within
+    ``tolerance_mm`` of the mask, then ``exp(-(d - tolerance)^2 / (2 sigma^2))`` at distance ``d`` (mm; ``spacing``
+    per axis of ``mask``); None for an empty mask (the registration lost the organ: no prior rather than a prior
+    that forbids it everywhere)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3:
+        raise ValueError(f"atlas mask must be 3D, got shape {mask.shape}")
+    if not mask.any():
+        return None
+    distance = ndimage.distance_transform_edt(~mask, sampling=[float(s) for s in spacing])
+    beyond = np.maximum(distance - float(tolerance_mm), 0.0)
+    return np.exp(-0.5 * (beyond / max(float(sigma_mm), 1e-6)) ** 2).astype(np.float32)

@@ -100,8 +100,10 @@ class FewShotContext:
         statistics: the per-class ``(log_mass, logits)`` of every scored slice against its chunk's bank,
             ``(Z, 2, h, w)`` each (unscored slices: zeros), so that a stage adding prototypes scores only those and
             merges (``FewShotSliceProtocol.score_added``).
-        prior: ``(H, W)`` in-plane position prior of the query slices (:mod:`fewshot_monai.inferers.prior`), already
-            applied to ``probabilities`` and to whatever ``score_added`` returns; None without a spatial prior.
+        prior: the factor ``q^w`` that tempers the foreground (:func:`fewshot_monai.inferers.prior.apply_prior` with
+            weight 1): ``(H, W)`` for the in-plane position prior alone, ``(Z, H, W)`` with an atlas prior (the
+            product of both); already applied to ``probabilities`` and to whatever ``score_added`` returns; None
+            without a prior.
         support: the prepared support the query was scored against (its slices' features and masks).
     """
 
@@ -220,6 +222,9 @@ class FewShotSliceProtocol:
         spatial_prior: weight ``w`` of the support's in-plane position prior (:mod:`fewshot_monai.inferers.prior`)
             on every foreground probability, first pass included; 0 (default) switches it off. Needs a support set
             made with ``position=True``.
+        atlas_prior: weight of the per-query atlas prior passed to :meth:`__call__` (``atlas``: the registered
+            support organ, :func:`fewshot_monai.inferers.prior.atlas_prior`), applied the same way; 0 (default):
+            an ``atlas`` is ignored.
     """
 
     def __init__(
@@ -230,6 +235,7 @@ class FewShotSliceProtocol:
         peak_fraction: float | None = 0.5,
         prior_weight: float = 0.5,
         spatial_prior: float = 0.0,
+        atlas_prior: float = 0.0,
     ) -> None:
         if n_chunks < 1:
             raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
@@ -245,11 +251,22 @@ class FewShotSliceProtocol:
         if float(spatial_prior) < 0:
             raise ValueError(f"spatial_prior must be >= 0, got {spatial_prior}")
         self.spatial_prior = float(spatial_prior)
+        if float(atlas_prior) < 0:
+            raise ValueError(f"atlas_prior must be >= 0, got {atlas_prior}")
+        self.atlas_prior = float(atlas_prior)
 
-    def _with_prior(self, probabilities: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+    @staticmethod
+    def _with_prior(
+        probabilities: torch.Tensor, prior: torch.Tensor | None, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``probabilities`` of the slices ``index`` (all when None) tempered by the prior factor ``q^w``."""
         from fewshot_monai.inferers.prior import apply_prior
 
-        return probabilities if prior is None else apply_prior(probabilities, prior, self.spatial_prior)
+        if prior is None:
+            return probabilities
+        if prior.ndim == 3 and index is not None:
+            prior = prior[index]
+        return apply_prior(probabilities, prior, 1.0)
 
     @torch.no_grad()
     def encode(self, network, stack: torch.Tensor) -> torch.Tensor:
@@ -284,7 +301,7 @@ class FewShotSliceProtocol:
         added = self.statistics(network, context.query_features[index], added_bank)
         _, logits = merge_statistics(base, added)
         probabilities = torch.softmax(network.upsample(logits, context.output_size), dim=1)
-        return self._with_prior(probabilities, context.prior)
+        return self._with_prior(probabilities, context.prior, index)
 
     @torch.no_grad()
     def prepare(self, network, support: SupportSet) -> PreparedSupport:
@@ -321,7 +338,7 @@ class FewShotSliceProtocol:
             mass, logits = self.statistics(network, context.query_features[idx], bank)
             context.statistics[0][idx], context.statistics[1][idx] = mass, logits
             probs[idx] = self._with_prior(
-                torch.softmax(network.upsample(logits, context.output_size), dim=1), context.prior
+                torch.softmax(network.upsample(logits, context.output_size), dim=1), context.prior, idx
             )
         return probs
 
@@ -335,6 +352,7 @@ class FewShotSliceProtocol:
         query_features: torch.Tensor | None = None,
         slice_spacing: float = 1.0,
         search_window: tuple[int, int] | None = None,
+        atlas: torch.Tensor | None = None,
     ) -> FewShotContext:
         """Run the plain protocol.
 
@@ -349,6 +367,8 @@ class FewShotSliceProtocol:
             slice_spacing: the query's slice spacing, in the unit of ``support.organ_lengths`` (mm).
             search_window: with ``"estimate"``: inclusive query slices the first pass may find the organ in
                 (:mod:`fewshot_monai.inferers.anchor`); None: anywhere.
+            atlas: ``(Z, H, W)`` prior in [0, 1] of the query slices (e.g. the registered support organ,
+                :func:`fewshot_monai.inferers.prior.atlas_prior`), weighted by ``atlas_prior``; None: none.
 
         Returns:
             the context, whose ``probabilities`` is the plain prediction.
@@ -366,7 +386,12 @@ class FewShotSliceProtocol:
         if use_prior:
             from fewshot_monai.inferers.prior import query_prior
 
-            position_prior = query_prior(support.position, query)
+            position_prior = query_prior(support.position, query).clamp(min=1e-6) ** self.spatial_prior
+        if atlas is not None and self.atlas_prior > 0:
+            if tuple(atlas.shape) != (query.shape[0], *output_size):
+                raise ValueError(f"atlas must be {(query.shape[0], *output_size)}, got {tuple(atlas.shape)}")
+            factor = atlas.float().clamp(min=1e-6) ** self.atlas_prior
+            position_prior = factor if position_prior is None else factor * position_prior
         diagnostics: dict = {}
         if isinstance(z_range, str):
             if z_range != "estimate":

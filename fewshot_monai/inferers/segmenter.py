@@ -190,6 +190,10 @@ class FewShotSegmenter:
             (:func:`~fewshot_monai.inferers.protocol.estimate_z_range`).
         spatial_prior: weight of the support organ's in-plane position prior (:mod:`fewshot_monai.inferers.prior`);
             0 (default): none.
+        atlas_prior: weight of the atlas prior, when a call passes ``atlas`` (each organ's support label registered
+            onto the query): the foreground is tempered by :func:`~fewshot_monai.inferers.prior.atlas_prior` (1
+            within 15 mm of the registered organ, a Gaussian fall-off of 15 mm beyond), first pass included; 0
+            (default): ``atlas`` is ignored.
         min_agreement: the stage steps aside (the plain prediction is kept) when its prediction overlaps the plain
             one with a Dice below this; 0 (default) disables the check.
         range_anchor: when ranges are estimated and the support labels several organs, find this organ's range
@@ -227,6 +231,7 @@ class FewShotSegmenter:
         peak_fraction: float | None = 0.5,
         prior_weight: float = 0.5,
         spatial_prior: float = 0.0,
+        atlas_prior: float = 0.0,
         min_agreement: float = 0.0,
         range_anchor: str | None = None,
         component_anchor: bool = False,
@@ -245,6 +250,7 @@ class FewShotSegmenter:
             peak_fraction=peak_fraction,
             prior_weight=prior_weight,
             spatial_prior=spatial_prior,
+            atlas_prior=atlas_prior,
         )
         self.organs = {str(k): int(v) for k, v in organs.items()}
         self.spatial_size = int(spatial_size)
@@ -317,6 +323,7 @@ class FewShotSegmenter:
         query: torch.Tensor,
         z_ranges: Mapping[str, tuple[int, int] | None] | None = None,
         organs: Sequence[str] | None = None,
+        atlas: Mapping[str, torch.Tensor | np.ndarray | None] | None = None,
     ) -> Segmentation:
         """Segment one query volume.
 
@@ -325,6 +332,9 @@ class FewShotSegmenter:
             z_ranges: organ -> inclusive ``(first, last)`` query slices to segment it on (EP1, or a range found by
                 other means); an organ without one gets its range estimated from a first pass.
             organs: the organs to segment (default: all of the segmenter's).
+            atlas: organ -> ``(X, Y, Z)`` binary mask of the support organ registered onto the query (the query's
+                geometry), used as a prior with the ``atlas_prior`` weight; an organ without one (or with an empty
+                one) gets no atlas prior.
 
         Returns:
             a :class:`Segmentation`; the probabilities are in the query's geometry (a ``MetaTensor`` query gives
@@ -355,6 +365,7 @@ class FewShotSegmenter:
         results = {}
         for organ in order:
             t0 = time.perf_counter()
+            atlas_stack = self._atlas_stack((atlas or {}).get(organ), tuple(query.shape[1:]), step, pixel_mm)
             given = z_ranges.get(organ)
             window = None
             if given is None and anchor is not None and organ != anchor and results[anchor].z_range is not None:
@@ -373,11 +384,25 @@ class FewShotSegmenter:
                 query_features=features,
                 slice_spacing=spacing,
                 search_window=window,
+                atlas=atlas_stack,
             )
             centroid_scale = (step, pixel_mm) if self.component_anchor and organ == anchor else None
             results[organ] = self._finish(context, query, time.perf_counter() - t0, choose, centroid_scale)
         results = {o: results[o] for o in names}
         return Segmentation(results, {o: self.organs[o] for o in names}, time.perf_counter() - start, encode_seconds)
+
+    def _atlas_stack(self, mask, shape: tuple, step: float, pixel_mm: tuple[float, float]) -> torch.Tensor | None:
+        """``(Z, H, W)`` atlas prior of one organ on the query's slice stack; None without a weight or a mask."""
+        from fewshot_monai.inferers.prior import atlas_prior
+
+        if mask is None or self.protocol.atlas_prior <= 0:
+            return None
+        mask = torch.as_tensor(np.asarray(mask)).float()
+        if tuple(mask.shape) != shape:
+            raise ValueError(f"an atlas mask must have the query's shape {shape}, got {tuple(mask.shape)}")
+        stack = volume_to_slices(mask[None], self.spatial_size, 1, "nearest")[:, 0].numpy() > 0.5
+        prior = atlas_prior(stack, (abs(step), *pixel_mm))
+        return None if prior is None else torch.from_numpy(prior)
 
     def _finish(
         self,

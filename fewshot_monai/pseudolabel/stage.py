@@ -25,10 +25,23 @@ from fewshot_monai.pseudolabel.confidence import perturb_probabilities
 from fewshot_monai.pseudolabel.reference import context_reference_labels
 from fewshot_monai.pseudolabel.selection import SliceSelection
 
-__all__ = ["SupportExpansion", "PSEUDO_TAG"]
+__all__ = ["SupportExpansion", "PSEUDO_TAG", "keep_foreground_volume"]
 
 #: tag of the pseudo-labelled prototypes in the expanded banks
 PSEUDO_TAG = "pseudo"
+
+
+def keep_foreground_volume(probabilities: torch.Tensor, voxels: int) -> tuple[torch.Tensor, float]:
+    """``(Z, 2, H, W)`` probabilities whose foreground logit is lowered by the one constant that leaves at most
+    ``voxels`` voxels above 0.5 (the input when it already does), and that constant (0 when unchanged)."""
+    fg = probabilities[:, 1].clamp(1e-6, 1 - 1e-6)
+    if int((fg > 0.5).sum()) <= voxels:
+        return probabilities, 0.0
+    values = fg.flatten()
+    threshold = float(torch.kthvalue(values, max(values.numel() - max(voxels, 0), 1)).values)  # largest left out
+    shift = float(torch.logit(torch.tensor(threshold, dtype=torch.float64)))
+    new_fg = torch.sigmoid(torch.logit(fg.double()) - shift).float()  # exactly 0.5 at the threshold: out
+    return torch.stack([1.0 - new_fg, new_fg], dim=1), shift
 
 
 class SupportExpansion:
@@ -44,6 +57,11 @@ class SupportExpansion:
         temperature: temperature applied to the probabilities the selection sees (robustness studies; 1 = none).
         noise_std: Gaussian logit noise added to the probabilities the selection sees (robustness; 0 = none).
         seed: seed of that noise.
+        keep_volume: the stage may move the organ but not grow it: when the final foreground (``p > 0.5``) holds
+            more voxels than the plain prediction's, every foreground logit is lowered by one constant so that it
+            holds as many (a shift of the threshold, the ranking of the voxels is kept). Why: the pseudo prototypes
+            come from the organ's confident interior and raise the foreground score of the mixed features along
+            its boundary, which moves the contour outwards all round (``docs/pseudo_labelling.md``).
 
     After a call, ``context.diagnostics["pseudo_label"]`` describes what was transferred (per round: slices,
     their chunks, confidences and areas, windows, prototypes added, seconds) and
@@ -60,6 +78,7 @@ class SupportExpansion:
         temperature: float = 1.0,
         noise_std: float = 0.0,
         seed: int = 0,
+        keep_volume: bool = False,
     ) -> None:
         if int(rounds) < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -74,13 +93,14 @@ class SupportExpansion:
         self.temperature = float(temperature)
         self.noise_std = float(noise_std)
         self.seed = int(seed)
+        self.keep_volume = bool(keep_volume)
         perturb_probabilities(torch.full((1, 2, 1, 1), 0.5), self.temperature, self.noise_std)  # validate
 
     def __repr__(self) -> str:
         return (
             f"SupportExpansion(selection={self.selection!r}, source={self.source!r}, weight={self.weight}, "
             f"rounds={self.rounds}, "
-            f"temperature={self.temperature}, noise_std={self.noise_std})"
+            f"temperature={self.temperature}, noise_std={self.noise_std}, keep_volume={self.keep_volume})"
         )
 
     def options(self) -> dict:
@@ -92,6 +112,7 @@ class SupportExpansion:
             "rounds": self.rounds,
             "temperature": self.temperature,
             "noise_std": self.noise_std,
+            "keep_volume": self.keep_volume,
         }
 
     @torch.no_grad()
@@ -128,12 +149,16 @@ class SupportExpansion:
                     updated[idx] = protocol.score_added(network, context, idx, added)
                 record["prototypes_added"] += n
             probabilities = updated
+        shift = 0.0
+        if self.keep_volume and rounds:
+            probabilities, shift = keep_foreground_volume(probabilities, int((context.probabilities[:, 1] > 0.5).sum()))
         context.diagnostics["pseudo_label"] = {
             **self.options(),
             "rounds_run": rounds,
             "n_slices": rounds[-1]["n_slices"] if rounds else 0,
             "n_windows": rounds[-1].get("n_windows") if rounds else None,
             "mean_confidence": rounds[-1]["mean_confidence"] if rounds else None,
+            "volume_shift": shift,
             "seconds": time.perf_counter() - start,
         }
         context.diagnostics["pseudo_slices"] = last.slices() if last else []
