@@ -62,9 +62,9 @@ def table(results: Path = RESULTS) -> str:
         )
     lines.append("")
     lines.append(
-        "Commands and per-fold figures: `docs/results/<row>/summary.json` (field `command`); \"another draw\": the "
-        "same commands with fold models trained in another session, `docs/results/session6_models/` (its EP2 runs "
-        "had no range anchor)."
+        "Commands and per-fold figures: `docs/results/<row>/summary.json` (field `command`); \"another draw\": fold "
+        "models trained in another session (session 6, another CPU), evaluated with the method of that time "
+        "(`docs/results/session6_models/`: no range anchor in EP2, none of session 10's additions)."
     )
     return "\n".join(lines)
 
