@@ -118,10 +118,9 @@ class SegmentOptions:
         from fewshot_monai.transforms.plane import check_plane
 
         self.plane = check_plane(self.plane)
-        if int(self.adapt_ensemble) < 1:
-            raise ValueError(f"adapt_ensemble must be >= 1, got {self.adapt_ensemble}")
-        if int(self.adapt_ensemble) > 1 and not int(self.adapt_iterations):
-            raise ValueError("adapt_ensemble needs the support adaptation (adapt_iterations > 0)")
+        from fewshot_monai.inferers.ensemble import check_adaptation_ensemble
+
+        check_adaptation_ensemble(self.adapt_ensemble, bool(int(self.adapt_iterations)))
 
     def recorded(self) -> dict:
         """The options that change a case's outputs (part of its fingerprint)."""
@@ -487,7 +486,7 @@ def segment_folder(
 
 def _prepare(supports, organs, weights, options: SegmentOptions, output: Path):
     """The segmenter of the batch and the seconds its preparation took (adaptation included)."""
-    from fewshot_monai.inferers import FewShotSegmenter, SegmenterEnsemble
+    from fewshot_monai.inferers import FewShotSegmenter, adaptation_ensemble
     from fewshot_monai.pseudolabel import get_pseudo_label
     from fewshot_monai.zoo import load_model
 
@@ -499,13 +498,10 @@ def _prepare(supports, organs, weights, options: SegmentOptions, output: Path):
         return StudentSegmenter.from_checkpoint(options.model), time.perf_counter() - start
     model = load_model(None if weights is None else str(weights), options.modality)
     logger.info("model: %s", model.description)
-    adaptations = [None]
-    if options.adapt_iterations:
-        adaptations = [
-            {"iterations": int(options.adapt_iterations), "seed": k} for k in range(int(options.adapt_ensemble))
-        ]
-    members = [
-        FewShotSegmenter(
+    adaptation = {"iterations": int(options.adapt_iterations)} if options.adapt_iterations else None
+
+    def build(adaptation):
+        return FewShotSegmenter(
             model.network,
             [s["image"] for s in supports],
             [s["label"] for s in supports],
@@ -520,9 +516,8 @@ def _prepare(supports, organs, weights, options: SegmentOptions, output: Path):
             progress=options.progress,
             **options.extra,
         )
-        for adaptation in adaptations
-    ]
-    segmenter = members[0] if len(members) == 1 else SegmenterEnsemble(members)
+
+    segmenter = adaptation_ensemble(build, adaptation, options.adapt_ensemble)
     seconds = time.perf_counter() - start
     logger.info("support prepared in %.1f s (paid once per batch)", seconds)
     return segmenter, seconds

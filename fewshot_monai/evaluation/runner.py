@@ -183,10 +183,9 @@ def _coerce(config) -> EvaluationConfig:
     if cfg.atlas_registration not in ATLAS_REGISTRATIONS:
         valid = ", ".join(ATLAS_REGISTRATIONS)
         raise ValueError(f"unknown atlas_registration {cfg.atlas_registration!r}; valid: {valid}")
-    if int(cfg.adapt_ensemble) < 1:
-        raise ValueError(f"adapt_ensemble must be >= 1, got {cfg.adapt_ensemble}")
-    if int(cfg.adapt_ensemble) > 1 and not (cfg.adapt or {}).get("iterations"):
-        raise ValueError("adapt_ensemble needs the support adaptation (adapt iterations > 0)")
+    from fewshot_monai.inferers.ensemble import check_adaptation_ensemble
+
+    check_adaptation_ensemble(cfg.adapt_ensemble, bool((cfg.adapt or {}).get("iterations")))
     if int(cfg.setting) not in (1, 2):
         raise ValueError(f"setting must be 1 or 2, got {cfg.setting}")
     if cfg.limit_queries is not None and int(cfg.limit_queries) < 1:
@@ -281,8 +280,8 @@ class _EvaluationRun:
         self.protocol = get_protocol(cfg.protocol)
         self.pseudo_label = get_pseudo_label(cfg.pseudo_label, **dict(cfg.pseudo_label_options or {}))
         self.worker = None
-        self.atlas_prior = float(cfg.inferer_options.get("atlas_prior") or 0.0) > 0
-        if cfg.baseline == "registration" or cfg.z_range_from == "registration" or self.atlas_prior:
+        self.uses_atlas = float(cfg.inferer_options.get("atlas_prior") or 0.0) > 0
+        if cfg.baseline == "registration" or cfg.z_range_from == "registration" or self.uses_atlas:
             from fewshot_monai.evaluation.registration import RegistrationWorker, require_elastix
 
             require_elastix()
@@ -376,32 +375,28 @@ class _EvaluationRun:
                 self.skip("all", fold.index, "*", organ, f"organ missing in support scan(s) {empty}")
                 continue
             support_masks[organ] = masks
-        from fewshot_monai.inferers import FewShotSegmenter, SegmenterEnsemble
+        from fewshot_monai.inferers import FewShotSegmenter, adaptation_ensemble
 
         cfg = self.cfg
-        adaptations = [self.adaptation]
-        if self.adaptation is not None and int(cfg.adapt_ensemble) > 1:
-            seed = self.adaptation.seed
-            adaptations = [dataclasses.replace(self.adaptation, seed=seed + k) for k in range(int(cfg.adapt_ensemble))]
+
+        def build(adaptation):
+            return FewShotSegmenter(
+                model.network,
+                [s["image"] for s in supports],
+                [s["label"] for s in supports],
+                {o: self.data.label_map[o] for o in support_masks},
+                n_chunks=cfg.n_chunks,
+                spatial_size=cfg.spatial_size,
+                batch_size=cfg.batch_size,
+                pseudo_label=self.pseudo_label,
+                adaptation=adaptation if support_masks else None,
+                adapt_cache=cfg.adapt_cache,
+                progress=cfg.progress,
+                **cfg.inferer_options,
+            )
+
         try:
-            members = [
-                FewShotSegmenter(
-                    model.network,
-                    [s["image"] for s in supports],
-                    [s["label"] for s in supports],
-                    {o: self.data.label_map[o] for o in support_masks},
-                    n_chunks=cfg.n_chunks,
-                    spatial_size=cfg.spatial_size,
-                    batch_size=cfg.batch_size,
-                    pseudo_label=self.pseudo_label,
-                    adaptation=adaptation if support_masks else None,
-                    adapt_cache=cfg.adapt_cache,
-                    progress=cfg.progress,
-                    **cfg.inferer_options,
-                )
-                for adaptation in adaptations
-            ]
-            segmenter = members[0] if len(members) == 1 else SegmenterEnsemble(members)
+            segmenter = adaptation_ensemble(build, self.adaptation, cfg.adapt_ensemble)
         except InputError as err:  # e.g. no support slice shows the organs large enough to adapt to
             for scan in fold.query_ids:
                 self.skip("all", fold.index, scan, None, f"support preparation failed: {err}")
@@ -465,7 +460,7 @@ class _EvaluationRun:
             hints = {organ: _extent(fuse_organ(atlas, self.data.label_map[organ])) for organ in truths}
             before = atlas.seconds
         atlas_masks = None
-        if self.atlas_prior:
+        if self.uses_atlas:
             from fewshot_monai.evaluation.registration import fuse_organ
 
             shared = atlas is not None and self.cfg.atlas_registration == "bspline"
@@ -613,7 +608,7 @@ class _EvaluationRun:
             "pseudo_label": cfg.pseudo_label,
             "baseline": cfg.baseline,
             "z_range_from": cfg.z_range_from,
-            "atlas_registration": cfg.atlas_registration if self.atlas_prior else None,
+            "atlas_registration": cfg.atlas_registration if self.uses_atlas else None,
             "organs": self.organs,
             "label_map": {o: data.label_map[o] for o in self.organs},
             "images": cfg.images,

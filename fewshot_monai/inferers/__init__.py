@@ -1,4 +1,4 @@
-from .ensemble import SegmenterEnsemble
+from .ensemble import SegmenterEnsemble, adaptation_ensemble
 from .fewshot_inferer import FewShotVolumeInferer
 from .protocol import (
     FewShotContext,
@@ -15,6 +15,7 @@ __all__ = [
     "FewShotVolumeInferer",
     "FewShotSegmenter",
     "SegmenterEnsemble",
+    "adaptation_ensemble",
     "StudentSegmenter",
     "organ_probabilities",
     "student_probabilities",

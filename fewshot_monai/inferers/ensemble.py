@@ -15,29 +15,46 @@ average when the members do.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from fewshot_monai.inferers.segmenter import OrganSegmentation, Segmentation
-from fewshot_monai.transforms.labels import largest_component
+from fewshot_monai.inferers.segmenter import OrganSegmentation, Segmentation, keep_largest_component
 
-__all__ = ["SegmenterEnsemble"]
+__all__ = ["SegmenterEnsemble", "adaptation_ensemble", "check_adaptation_ensemble"]
+
+
+def check_adaptation_ensemble(size: int, adapting: bool) -> None:
+    """Refuse an ensemble size below 1, or above 1 without a support adaptation (its members would be identical)."""
+    if int(size) < 1:
+        raise ValueError(f"adapt_ensemble must be >= 1, got {size}")
+    if int(size) > 1 and not adapting:
+        raise ValueError("adapt_ensemble needs the support adaptation (adapt iterations > 0)")
+
+
+def adaptation_ensemble(build: Callable, adaptation, size: int = 1):
+    """``build(adaptation)`` (a segmenter), or with ``size`` > 1 a :class:`SegmenterEnsemble` of ``size`` segmenters
+    whose adaptations differ only by their seed (``seed .. seed + size - 1``; ``adaptation``: a
+    :class:`~fewshot_monai.engines.adaptation.SupportAdaptation` or a dict of its fields)."""
+    check_adaptation_ensemble(size, adaptation is not None)
+    if int(size) == 1:
+        return build(adaptation)
+    from fewshot_monai.engines.adaptation import SupportAdaptation
+
+    options = SupportAdaptation.from_dict(adaptation)
+    return SegmenterEnsemble([build(dataclasses.replace(options, seed=options.seed + k)) for k in range(int(size))])
 
 
 def _mean_largest(probabilities: Sequence[torch.Tensor], keep_largest: bool) -> torch.Tensor:
     """The mean of ``(X, Y, Z)`` probabilities, with the foreground outside its largest component set to 0."""
     plain = [p.as_tensor() if isinstance(p, MetaTensor) else torch.as_tensor(p) for p in probabilities]
     mean = torch.stack([p.float() for p in plain]).mean(dim=0)
-    if keep_largest:
-        foreground = mean > 0.5
-        drop = foreground & ~largest_component(foreground)
-        if bool(drop.any()):
-            mean = mean.clone()
-            mean[drop] = 0.0
+    if keep_largest:  # the segmenter's rule, on the volume seen as a (X, 2, Y, Z) stack
+        mean = keep_largest_component(torch.stack([1.0 - mean, mean], dim=1))[:, 1]
     if isinstance(probabilities[0], MetaTensor):
         mean = MetaTensor(mean, meta=probabilities[0].meta)
     return mean

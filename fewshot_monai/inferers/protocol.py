@@ -382,22 +382,22 @@ class FewShotSliceProtocol:
         if use_prior and support.position is None:
             raise ValueError("spatial_prior > 0 needs a support set with a position map (position=True)")
         features = self.encode(network, query) if query_features is None else query_features
-        position_prior = None
+        factor = None  # q^w of every prior in use: the tempering factor of the foreground
         if use_prior:
             from fewshot_monai.inferers.prior import query_prior
 
-            position_prior = query_prior(support.position, query).clamp(min=1e-6) ** self.spatial_prior
+            factor = query_prior(support.position, query).clamp(min=1e-6) ** self.spatial_prior
         if atlas is not None and self.atlas_prior > 0:
             if tuple(atlas.shape) != (query.shape[0], *output_size):
                 raise ValueError(f"atlas must be {(query.shape[0], *output_size)}, got {tuple(atlas.shape)}")
-            factor = atlas.float().clamp(min=1e-6) ** self.atlas_prior
-            position_prior = factor if position_prior is None else factor * position_prior
+            atlas_factor = atlas.float().clamp(min=1e-6) ** self.atlas_prior
+            factor = atlas_factor if factor is None else atlas_factor * factor
         diagnostics: dict = {}
         if isinstance(z_range, str):
             if z_range != "estimate":
                 raise ValueError(f"z_range must be (first, last), None or 'estimate', got {z_range!r}")
             first = self.score(network, features, support.all_slices_bank, output_size)
-            first = self._with_prior(first, position_prior)
+            first = self._with_prior(first, factor)
             prior = float(np.mean(support.organ_lengths)) / float(slice_spacing) if support.organ_lengths else None
             foreground = (first[:, 1] > 0.5).cpu().numpy()
             if search_window is not None:
@@ -422,7 +422,7 @@ class FewShotSliceProtocol:
             output_size=output_size,
             diagnostics=diagnostics,
         )
-        context.prior = position_prior
+        context.prior = factor
         context.support = support
         context.probabilities = self.predict_chunks(network, context)
         return context
